@@ -1,0 +1,36 @@
+"""Skiplock: a job queue that lives entirely in PostgreSQL.
+
+    from skiplock import task, JobContext
+
+    @task(name="resize", queue="images", max_attempts=5, timeout=60)
+    async def resize(url: str, width: int, ctx: JobContext) -> dict:
+        ctx.progress(50, "downloaded")
+        ...
+"""
+
+from .backoff import Backoff
+from .context import JobContext
+from .enqueue import Enqueued, JobSpec, enqueue, enqueue_many
+from .errors import (
+    DatabaseUnavailable,
+    IdempotencyConflict,
+    InvalidArguments,
+    InvalidInput,
+    InvalidTransition,
+    JobCancelled,
+    JobNotFound,
+    NonRetryableError,
+    QueueFull,
+    SkiplockError,
+    UnknownTask,
+)
+from .job import PRIORITIES, STATES, uuid7
+from .tasks import Task, TaskRegistry, registry, task
+from .worker import Worker
+
+__all__ = [
+    "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",
+    "InvalidArguments", "InvalidInput", "InvalidTransition", "JobCancelled", "JobContext", "JobNotFound",
+    "JobSpec", "NonRetryableError", "QueueFull", "SkiplockError", "Task", "TaskRegistry", "UnknownTask",
+    "Worker", "enqueue", "enqueue_many", "registry", "task", "uuid7",
+]

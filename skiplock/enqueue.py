@@ -1,0 +1,149 @@
+"""Submitting jobs: one or many, on the caller's connection and inside its transaction
+(rolled back = never existed). Arguments are checked against the task before anything is stored."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from . import db
+from .errors import InvalidInput, SkiplockError, translate
+from .job import check_queue, priority_value, uuid7
+from .tasks import Task, TaskRegistry, registry as default_registry
+
+MAX_ARGS_BYTES = 256 * 1024
+"""Default bound on one job's JSON arguments; larger payloads belong in your own storage."""
+
+
+@dataclass
+class JobSpec:
+    """One job to submit. Unset options come from the task's defaults."""
+
+    task: str
+    args: dict[str, Any] = field(default_factory=dict)
+    queue: str | None = None
+    priority: str | int | None = None
+    run_at: datetime | None = None
+    delay: float | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    idempotency_key: str | None = None
+    batch_id: uuid.UUID | None = None
+
+
+@dataclass
+class Enqueued:
+    """The stored job (`row`, as in skiplock.jobs) and whether this call created it."""
+
+    row: dict[str, Any]
+    created: bool
+
+    @property
+    def id(self) -> uuid.UUID:
+        return uuid.UUID(str(self.row["id"]))
+
+
+def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetime | None) -> dict[str, Any]:
+    """Validate one spec into the column values to insert, or raise naming the field."""
+    t: Task = reg.get(spec.task)
+    args = t.validate(spec.args)
+    size = len(json.dumps(args, separators=(",", ":")).encode())
+    if size > max_args_bytes:
+        raise InvalidInput(f"args are {size} bytes; the limit is {max_args_bytes}", field="args", value=size)
+    if spec.run_at is not None and spec.delay is not None:
+        raise InvalidInput("give run_at or delay, not both", field="delay")
+    run_at = spec.run_at
+    if spec.delay is not None:
+        if not isinstance(spec.delay, int | float) or not math.isfinite(spec.delay) or spec.delay < 0:
+            raise InvalidInput(f"delay must be a number of seconds >= 0, not {spec.delay!r}", field="delay")
+        run_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=spec.delay)
+    if run_at is not None and run_at.tzinfo is None:
+        raise InvalidInput("run_at must include a time zone", field="run_at", value=str(run_at))
+    max_attempts = t.max_attempts if spec.max_attempts is None else spec.max_attempts
+    if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or not 1 <= max_attempts <= 1000:
+        raise InvalidInput(f"max_attempts must be an integer from 1 to 1000, not {max_attempts!r}",
+                           field="max_attempts", value=max_attempts)
+    timeout = t.timeout if spec.timeout is None else spec.timeout
+    if timeout is not None and (not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0):
+        raise InvalidInput(f"timeout must be a number of seconds > 0, not {timeout!r}", field="timeout")
+    key = spec.idempotency_key
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
+        raise InvalidInput("idempotency_key must be 1-255 characters", field="idempotency_key")
+    return {
+        "id": uuid7(), "task": t.name, "args": args, "queue": check_queue(spec.queue or t.queue),
+        "priority": priority_value(spec.priority if spec.priority is not None else t.priority),
+        "run_at": run_at, "max_attempts": max_attempts, "timeout": timeout,
+        "idempotency_key": key, "batch_id": spec.batch_id,
+    }
+
+
+async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | None = None, *,
+                  registry: TaskRegistry | None = None, max_args_bytes: int = MAX_ARGS_BYTES,
+                  correlation_id: str | None = None, now: datetime | None = None, **options: Any) -> Enqueued:
+    """Submit one job; returns it. With an idempotency key already used in the queue,
+    returns the existing job with `created=False` (a unique index decides, whatever races)."""
+    name = task.name if isinstance(task, Task) else task
+    spec = JobSpec(task=name, args=args if args is not None else {}, **options)
+    return (await enqueue_many(conn, [spec], registry=registry, max_args_bytes=max_args_bytes,
+                               correlation_id=correlation_id, now=now))[0]
+
+
+async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry: TaskRegistry | None = None,
+                       max_args_bytes: int = MAX_ARGS_BYTES, correlation_id: str | None = None,
+                       now: datetime | None = None) -> list[Enqueued]:
+    """Submit many jobs in one transaction: all are stored or none. A bad item raises
+    InvalidInput with `details["index"]` naming it."""
+    reg = registry if registry is not None else default_registry
+    rows: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs):
+        try:
+            rows.append(_resolve(spec, reg, max_args_bytes, now))
+        except SkiplockError as exc:
+            exc.details["index"] = i
+            exc.message = f"job {i}: {exc.message}" if len(specs) > 1 else exc.message
+            exc.args = (exc.message,)
+            raise
+    try:
+        async with conn.transaction():
+            await db.set_correlation_id(conn, correlation_id)
+            if len(rows) == 1:
+                return [await _insert_one(conn, rows[0])]
+            return await _insert_many(conn, rows)
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+async def _insert_one(conn: db.AsyncConn, row: dict[str, Any]) -> Enqueued:
+    params = dict(row, args=db.jsonb(row["args"]))
+    inserted = await db.fetch_one(conn, "insert_job", params)
+    if inserted is not None:
+        return Enqueued(inserted, True)
+    existing = await db.fetch_one(conn, "find_by_idempotency_key", params)
+    assert existing is not None, "conflicting idempotency key vanished"
+    return Enqueued(existing, False)
+
+
+async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]]) -> list[Enqueued]:
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    inserted = await db.fetch_all(conn, "insert_jobs", {
+        "ids": cols["id"], "tasks": cols["task"], "args": [db.jsonb(a) for a in cols["args"]],
+        "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
+        "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
+        "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"]})
+    created = {r["id"] for r in inserted}
+    out: list[Enqueued] = []
+    for r in rows:
+        if r["id"] in created:
+            out.append(Enqueued(dict(r, state="queued"), True))
+            continue
+        existing = await db.fetch_one(conn, "find_by_idempotency_key", r)
+        assert existing is not None
+        out.append(Enqueued(existing, False))
+    return out

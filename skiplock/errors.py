@@ -1,0 +1,112 @@
+"""The SkiplockError family. Each error's docstring is its default message; the bad value
+travels with it, and app/http/errors.py maps each type to one HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import psycopg.errors
+
+
+class SkiplockError(Exception):
+    """Skiplock error."""
+
+    code = "skiplock_error"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, value: Any = None,
+                 details: dict[str, Any] | None = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.field = field
+        self.value = value
+        self.details = dict(details or {})
+        if field is not None:
+            self.details.setdefault("field", field)
+        super().__init__(self.message)
+
+
+class InvalidInput(SkiplockError):
+    """Invalid input."""
+
+    code = "invalid_input"
+
+
+class UnknownTask(InvalidInput):
+    """Unknown task."""
+
+    code = "unknown_task"
+
+
+class InvalidArguments(InvalidInput):
+    """The arguments do not match the task's signature."""
+
+    code = "invalid_arguments"
+
+
+class JobNotFound(SkiplockError):
+    """No such job."""
+
+    code = "not_found"
+
+
+class InvalidTransition(SkiplockError):
+    """The job's state does not allow this."""
+
+    code = "invalid_transition"
+
+
+class IdempotencyConflict(SkiplockError):
+    """The idempotency key was already used for a different job."""
+
+    code = "idempotency_conflict"
+
+
+class QueueFull(SkiplockError):
+    """The queue holds its maximum of waiting jobs."""
+
+    code = "queue_full"
+
+
+class DatabaseUnavailable(SkiplockError):
+    """The database is unreachable."""
+
+    code = "database_unavailable"
+
+
+class NonRetryableError(Exception):
+    """Raise from a task handler to fail the job at once, without further attempts."""
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler (via the context) when its job was cancelled."""
+
+
+# Constraint name -> (error type, field at fault). The one place psycopg errors become ours.
+_CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
+    "jobs_task_format": (InvalidInput, "task"),
+    "jobs_queue_format": (InvalidInput, "queue"),
+    "queues_name_format": (InvalidInput, "queue"),
+    "jobs_priority_range": (InvalidInput, "priority"),
+    "jobs_max_attempts_positive": (InvalidInput, "max_attempts"),
+    "jobs_timeout_positive": (InvalidInput, "timeout"),
+    "jobs_idempotency_key_length": (InvalidInput, "idempotency_key"),
+    "jobs_state_transition": (InvalidTransition, None),
+}
+
+
+def translate(exc: psycopg.Error) -> SkiplockError:
+    """A psycopg error as a SkiplockError (by constraint name or SQLSTATE)."""
+    diag = getattr(exc, "diag", None)
+    constraint = diag.constraint_name if diag else None
+    primary = (diag.message_primary if diag else None) or str(exc)
+    if constraint in _CONSTRAINTS:
+        kind, field = _CONSTRAINTS[constraint]
+        return kind(primary.removeprefix("skiplock: "), field=field)
+    if isinstance(exc, psycopg.errors.NoDataFound):
+        return JobNotFound(primary.removeprefix("skiplock: "))
+    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.errors.InvalidTextRepresentation
+                  | psycopg.errors.NumericValueOutOfRange | psycopg.errors.UntranslatableCharacter):
+        return InvalidInput(primary.removeprefix("skiplock: "))
+    if isinstance(exc, psycopg.OperationalError):
+        return DatabaseUnavailable(f"database unavailable: {primary}")
+    return SkiplockError(primary)

@@ -1,0 +1,152 @@
+"""The claim loop: one per worker process. It claims `LIMIT <free slots>` due jobs in one
+statement, starts each in its own asyncio task, and sleeps until a NOTIFY, a freed slot or
+the poll interval. Database errors never end it: it backs off and tries again."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import db
+from .completer import Completer
+from .context import JobContext
+from .events import emit
+from .executor import Outcome, execute
+from .job import ClaimedJob
+from .tasks import TaskRegistry
+
+
+@dataclass
+class Running:
+    job: ClaimedJob
+    ctx: JobContext
+    task: asyncio.Task[None]
+
+
+class Producer:
+    name = "producer"
+
+    def __init__(self, pool: AsyncConnectionPool, completer: Completer, registry: TaskRegistry, *,
+                 worker_id: str, queues: Sequence[str] | None, concurrency: int, lease_seconds: float,
+                 poll_interval: float, burst: bool = False,
+                 healthy: Callable[[], bool] = lambda: True) -> None:
+        self.pool = pool
+        self.completer = completer
+        self.registry = registry
+        self.worker_id = worker_id
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.burst = burst
+        self.healthy = healthy
+        self.running: dict[uuid.UUID, Running] = {}
+        self.wakeup = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.claimed = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.retried = 0
+        self._failures = 0
+
+    def notify(self, _queue: str = "") -> None:
+        self.wakeup.set()
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self.running)
+
+    async def run_once(self) -> int:
+        """Claim up to the free slots and start them; returns how many were claimed."""
+        free = self.free_slots
+        if free <= 0:
+            return 0
+        async with self.pool.connection() as conn:
+            rows = await db.claim_batch(conn, worker_id=self.worker_id, queues=self.queues, limit=free,
+                                        lease_seconds=self.lease_seconds)
+        for row in rows:
+            self._start(ClaimedJob(**row))
+        self.claimed += len(rows)
+        return len(rows)
+
+    def _start(self, job: ClaimedJob) -> None:
+        ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
+                         max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
+                         on_update=self.completer.update)
+        emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
+        task = asyncio.create_task(self._execute(job, ctx), name=f"skiplock.job.{job.id}")
+        self.running[job.id] = Running(job, ctx, task)
+
+    async def _execute(self, job: ClaimedJob, ctx: JobContext) -> None:
+        try:
+            outcome = await execute(job, ctx, self.registry)
+        except asyncio.CancelledError:
+            return  # cancelled, rescued or released: whoever did that owns the row now
+        finally:
+            current = self.running.get(job.id)
+            if current is not None and current.job.attempt == job.attempt:
+                del self.running[job.id]
+            self.wakeup.set()
+        self._record(outcome)
+        self.completer.add(outcome)
+
+    def _record(self, o: Outcome) -> None:
+        fields: dict[str, Any] = {"job_id": o.job_id, "task": o.task, "attempt": o.attempt,
+                                  "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1)}
+        if o.state == "succeeded":
+            self.succeeded += 1
+            emit("skiplock.job.completed", **fields)
+        elif o.state == "queued":
+            self.retried += 1
+            emit("skiplock.job.retrying", **fields, retry_at=o.run_at.isoformat() if o.run_at else None,
+                 traceback=o.error)
+        else:
+            self.failed += 1
+            emit("skiplock.job.failed", **fields, traceback=o.error)
+
+    def cancel_lost(self, held: set[uuid.UUID]) -> None:
+        """Stop running the jobs this worker no longer holds (cancelled or rescued)."""
+        for job_id, r in list(self.running.items()):
+            if job_id not in held:
+                emit("skiplock.job.lost", job_id=job_id, task=r.job.task, attempt=r.job.attempt,
+                     worker=self.worker_id, reason="cancelled or lease lost")
+                r.ctx.mark_cancelled()
+                r.task.cancel()
+                del self.running[job_id]
+
+    async def run(self) -> None:
+        """Claim until stopped (or, in burst mode, until nothing is ready and nothing runs)."""
+        while not self.stopping.is_set():
+            self.wakeup.clear()
+            claimed = 0
+            if self.free_slots > 0 and self.healthy():
+                try:
+                    claimed = await self.run_once()
+                    self._failures = 0
+                except (psycopg.Error, OSError) as exc:
+                    self._failures += 1
+                    delay = min(0.1 * 2**self._failures, 10.0) * random.uniform(0.5, 1.0)
+                    emit("skiplock.worker.db_error", worker=self.worker_id, during="claim",
+                         error=f"{type(exc).__name__}: {exc}".strip(), retry_in=round(delay, 2))
+                    await self._sleep(delay)
+                    continue
+                if claimed and self.free_slots > 0:
+                    continue  # there may be more ready right now
+                if self.burst and not claimed and not self.running:
+                    return
+            await self._sleep(self.poll_interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        waits = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(self.stopping.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()

@@ -1,0 +1,57 @@
+"""Returns jobs whose lease expired to the queue (or to failed, on their last attempt).
+Every worker runs it; FOR UPDATE SKIP LOCKED lets several run at once without waiting."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from . import db
+from .events import emit
+from .service import PeriodicService
+
+
+class Rescuer(PeriodicService):
+    name = "rescuer"
+
+    def __init__(self, pool: AsyncConnectionPool, *, interval: float, stale_worker_seconds: float,
+                 batch: int = 1000) -> None:
+        super().__init__(interval)
+        self.pool = pool
+        self.stale_worker_seconds = stale_worker_seconds
+        self.batch = batch
+        self.rescued = 0
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        async with self.pool.connection() as conn:
+            rows = await db.rescue_expired(conn, limit=self.batch, now=now)
+            await db.delete_stale_workers(conn, self.stale_worker_seconds, now=now)
+        for r in rows:
+            emit("skiplock.job.rescued", job_id=r["id"], attempt=r["attempt"], now_state=r["state"])
+        self.rescued += len(rows)
+        return len(rows)
+
+
+class Pruner(PeriodicService):
+    """Deletes finished jobs (and their history) older than `retention_seconds`, in small
+    batches so it never holds many row locks or blocks claims."""
+
+    name = "pruner"
+
+    def __init__(self, pool: AsyncConnectionPool, *, interval: float, retention_seconds: float,
+                 batch: int = 1000) -> None:
+        super().__init__(interval)
+        self.pool = pool
+        self.retention_seconds = retention_seconds
+        self.batch = batch
+
+    async def run_once(self, now: datetime | None = None) -> int:
+        total = 0
+        while True:
+            async with self.pool.connection() as conn:
+                n = await db.prune_finished(conn, older_than_seconds=self.retention_seconds, limit=self.batch,
+                                            now=now)
+            total += n
+            if n < self.batch:
+                return total

@@ -1,0 +1,166 @@
+"""Task handlers: the @task decorator, the registry, and argument validation.
+
+A handler's arguments are validated before a job is stored: from its type hints (each
+parameter becomes a field of a generated pydantic model that forbids unknown keys), or
+from a pydantic model when the handler takes exactly one model-typed parameter.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .backoff import DEFAULT_BACKOFF, Backoff
+from .context import JobContext
+from .errors import InvalidArguments, InvalidInput, UnknownTask
+from .job import check_queue, check_task_name, priority_value
+
+
+@dataclass
+class Task:
+    """A registered handler and its defaults."""
+
+    name: str
+    fn: Callable[..., Any]
+    queue: str = "default"
+    priority: str = "normal"
+    max_attempts: int = 3
+    timeout: float | None = None
+    retry: Backoff = DEFAULT_BACKOFF
+    model: type[BaseModel] = field(init=False)
+    wraps_model: bool = field(init=False, default=False)
+    context_param: str | None = field(init=False, default=None)
+    is_async: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        check_task_name(self.name)
+        check_queue(self.queue)
+        priority_value(self.priority)
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise InvalidInput(f"max_attempts must be an integer >= 1, not {self.max_attempts!r}",
+                               field="max_attempts", value=self.max_attempts)
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidInput(f"timeout must be > 0 seconds, not {self.timeout!r}", field="timeout")
+        self.is_async = inspect.iscoroutinefunction(self.fn)
+        self._build_model()
+
+    def _build_model(self) -> None:
+        hints = typing.get_type_hints(self.fn)
+        fields: dict[str, Any] = {}
+        params = list(inspect.signature(self.fn).parameters.values())
+        for p in params:
+            ann = hints.get(p.name, Any)
+            if ann is JobContext or JobContext in typing.get_args(ann) or (
+                    p.name in ("ctx", "context") and p.name not in hints):
+                self.context_param = p.name
+                continue
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+                raise InvalidInput(f"task {self.name!r}: parameter {p.name!r} must be a plain keyword parameter")
+            fields[p.name] = (ann, ... if p.default is p.empty else p.default)
+        if len(fields) == 1:
+            (only, (ann, _)), = fields.items()
+            if inspect.isclass(ann) and issubclass(ann, BaseModel):
+                self.model, self.wraps_model, self._model_param = ann, True, only
+                return
+        config = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+        self.model = pydantic.create_model(f"{self.name}_args", __config__=config, **fields)
+
+    def validate(self, args: Any) -> dict[str, Any]:
+        """Check `args` and return them as JSON-ready data (what is stored)."""
+        return self.model_instance(args).model_dump(mode="json")
+
+    def model_instance(self, args: Any) -> BaseModel:
+        if not isinstance(args, dict):
+            raise InvalidArguments(f"args of task {self.name!r} must be a JSON object", field="args")
+        try:
+            return self.model.model_validate(args)
+        except ValidationError as exc:
+            errors = [{"field": ".".join(str(x) for x in ("args", *e["loc"])), "message": e["msg"]}
+                      for e in exc.errors()]
+            first = errors[0]
+            raise InvalidArguments(f"invalid arguments for task {self.name!r}: {first['field']}: {first['message']}",
+                                   field=first["field"], details={"errors": errors}) from None
+
+    def call_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the handler, validated from the stored args."""
+        instance = self.model_instance(args)
+        if self.wraps_model:
+            return {self._model_param: instance}
+        return {name: getattr(instance, name) for name in type(instance).model_fields}
+
+    def json_schema(self) -> dict[str, Any]:
+        return self.model.model_json_schema()
+
+
+class TaskRegistry:
+    """Name -> Task. One default registry (`registry`) serves the @task decorator."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+
+    def add(self, t: Task) -> Task:
+        existing = self._tasks.get(t.name)
+        if existing is not None and existing.fn is not t.fn:
+            raise InvalidInput(f"task {t.name!r} is registered twice", field="name", value=t.name)
+        self._tasks[t.name] = t
+        return t
+
+    def get(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(f"unknown task {name!r}; registered: {', '.join(sorted(self._tasks)) or 'none'}",
+                              field="task", value=name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> typing.Iterator[Task]:
+        return iter(sorted(self._tasks.values(), key=lambda t: t.name))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def import_modules(self, modules: Iterable[str]) -> None:
+        """Import the modules that define handlers (SKIPLOCK_TASKS)."""
+        for mod in modules:
+            mod = mod.strip()
+            if mod:
+                importlib.import_module(mod)
+
+
+registry = TaskRegistry()
+
+
+def task(
+    name: str | None = None,
+    *,
+    queue: str = "default",
+    priority: str = "normal",
+    max_attempts: int = 3,
+    timeout: float | None = None,
+    retry: Backoff | None = None,
+    registry: TaskRegistry | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register an async or sync function as a task handler.
+
+    `retry` sets the backoff between attempts; raise NonRetryableError to fail at once.
+    The function stays callable as before; its Task is on `fn.task`.
+    """
+    target = registry if registry is not None else globals()["registry"]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        t = Task(name=name or fn.__name__, fn=fn, queue=queue, priority=priority, max_attempts=max_attempts,
+                 timeout=timeout, retry=retry or DEFAULT_BACKOFF)
+        target.add(t)
+        fn.task = t  # type: ignore[attr-defined]
+        return fn
+
+    return decorate

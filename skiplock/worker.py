@@ -1,0 +1,210 @@
+"""A worker process: composes the producer (claim loop), completer, listener, heartbeat,
+rescuer and pruner, and owns the one shutdown path:
+
+signal -> stop claiming -> wait up to the grace period for running jobs -> cancel the rest and
+release them to `queued` -> flush acknowledgements -> unregister.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from . import db
+from .completer import Completer
+from .events import emit
+from .heartbeat import Heartbeat
+from .listener import Listener
+from .producer import Producer
+from .rescuer import Pruner, Rescuer
+from .service import PeriodicService
+from .tasks import TaskRegistry, registry as default_registry
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if not isinstance(value, int | float) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"Worker: {name} must be {'>= 0' if allow_zero else '> 0'}, not {value!r}")
+    return value
+
+
+class Worker:
+    """Runs jobs from `queues` (None: every queue) with up to `concurrency` at once."""
+
+    def __init__(self, url: str, *, queues: Sequence[str] | None = None, concurrency: int = 10,
+                 registry: TaskRegistry | None = None, lease_seconds: float = 30.0,
+                 heartbeat_seconds: float | None = None, poll_interval: float = 1.0, grace_seconds: float = 10.0,
+                 rescue_interval: float = 5.0, retention_seconds: float | None = 7 * 86400,
+                 prune_interval: float = 60.0, summary_interval: float = 30.0, burst: bool = False,
+                 listen: bool = True, worker_id: str | None = None) -> None:
+        if not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
+            raise ValueError(f"Worker: concurrency must be an integer from 1 to 10000, not {concurrency!r}")
+        self.url = url
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.registry = registry if registry is not None else default_registry
+        self.lease_seconds = _positive("lease_seconds", lease_seconds)
+        self.heartbeat_seconds = _positive("heartbeat_seconds", heartbeat_seconds or lease_seconds / 3)
+        self.poll_interval = _positive("poll_interval", poll_interval)
+        self.grace_seconds = _positive("grace_seconds", grace_seconds, allow_zero=True)
+        self.rescue_interval = _positive("rescue_interval", rescue_interval)
+        self.retention_seconds = retention_seconds
+        self.prune_interval = prune_interval
+        self.summary_interval = summary_interval
+        self.burst = burst
+        self.listen = listen
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stop_requested = asyncio.Event()
+        self.pool: AsyncConnectionPool | None = None
+        self.producer: Producer | None = None
+        self.completer: Completer | None = None
+        self.started = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown (what SIGTERM and SIGINT do)."""
+        self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.concurrency,
+                                                     thread_name_prefix="skiplock-sync"))
+        self.pool = pool = db.make_pool(self.url, min_size=2, max_size=4, name=f"skiplock-worker-{self.id}")
+        await pool.open()
+        self.completer = completer = Completer(pool, self.id)
+        heartbeat_ref: list[Heartbeat] = []
+        self.producer = producer = Producer(
+            pool, completer, self.registry, worker_id=self.id, queues=self.queues, concurrency=self.concurrency,
+            lease_seconds=self.lease_seconds, poll_interval=self.poll_interval, burst=self.burst,
+            healthy=lambda: heartbeat_ref[0].healthy())
+        heartbeat = Heartbeat(pool, producer, worker_id=self.id, lease_seconds=self.lease_seconds,
+                              interval=self.heartbeat_seconds)
+        heartbeat_ref.append(heartbeat)
+        services: list[PeriodicService] = [heartbeat, Rescuer(pool, interval=self.rescue_interval,
+                                                              stale_worker_seconds=max(3600, self.lease_seconds * 10)),
+                                           _Summary(self, self.summary_interval)]
+        if self.retention_seconds:
+            services.append(Pruner(pool, interval=self.prune_interval, retention_seconds=self.retention_seconds))
+        listener = Listener(self.url, producer.notify, queues=self.queues) if self.listen else None
+        await self._register(pool)
+        completer.start()
+        for s in services:
+            s.start()
+        if listener:
+            listener.start()
+        emit("skiplock.worker.started", worker=self.id, queues=",".join(self.queues or ["*"]),
+             concurrency=self.concurrency, lease_seconds=self.lease_seconds)
+        self.started.set()
+        claim_loop = asyncio.create_task(producer.run(), name="skiplock.producer")
+        stop_wait = asyncio.create_task(self._stop_requested.wait(), name="skiplock.stop-wait")
+        try:
+            await asyncio.wait([claim_loop, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            emit("skiplock.worker.stopping", worker=self.id, running=len(producer.running))
+            producer.stopping.set()
+            await claim_loop
+            await self._drain(producer)
+            if listener:
+                await listener.stop()
+            for s in services:
+                await s.stop()
+            await completer.stop()
+            await self._release(pool, producer)
+            try:
+                async with pool.connection() as conn:
+                    await db.unregister_worker(conn, self.id)
+            except Exception:  # noqa: BLE001 - the stale-worker sweep removes it later
+                pass
+            await pool.close()
+            emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=producer.succeeded,
+                 failed=producer.failed, retried=producer.retried)
+
+    async def _register(self, pool: AsyncConnectionPool) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with pool.connection() as conn:
+                    await db.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
+                                             pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
+                return
+            except Exception as exc:  # noqa: BLE001
+                emit("skiplock.worker.db_error", worker=self.id, during="register", error=str(exc).strip())
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _drain(self, producer: Producer) -> None:
+        """Let running jobs finish within the grace period; cancel the rest."""
+        tasks = [r.task for r in producer.running.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.grace_seconds)
+        self._leftover = [(r.job, r.ctx) for r in producer.running.values()]
+        for r in list(producer.running.values()):
+            r.ctx.mark_cancelled()
+            r.task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+
+    async def _release(self, pool: AsyncConnectionPool, producer: Producer) -> None:
+        leftover = getattr(self, "_leftover", [])
+        if not leftover:
+            return
+        for attempt in range(10):
+            try:
+                async with pool.connection() as conn:
+                    released = await db.release_many_if_held(
+                        conn, worker_id=self.id, ids=[j.id for j, _ in leftover],
+                        attempts=[j.attempt for j, _ in leftover],
+                        checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None
+                                     for _, c in leftover],
+                        progresses=[db.jsonb(c.pending_progress) for _, c in leftover])
+                for job, _ in leftover:
+                    emit("skiplock.job.released", job_id=job.id, task=job.task, attempt=job.attempt,
+                         worker=self.id, released=job.id in released)
+                return
+            except Exception as exc:  # noqa: BLE001 - if we cannot release, the rescuer will
+                emit("skiplock.worker.db_error", worker=self.id, during="release", error=str(exc).strip())
+                await asyncio.sleep(min(0.2 * 2**attempt, 5))
+
+    def stats(self) -> dict[str, Any]:
+        p = self.producer
+        return {} if p is None else {"claimed": p.claimed, "succeeded": p.succeeded, "failed": p.failed,
+                                     "retried": p.retried, "running": len(p.running)}
+
+
+class _Summary(PeriodicService):
+    """The periodic INFO line: jobs done and failed since the last one, rate, queue depth."""
+
+    name = "summary"
+
+    def __init__(self, worker: Worker, interval: float) -> None:
+        super().__init__(interval)
+        self.worker = worker
+        self._last = (time.monotonic(), 0, 0)
+
+    async def run_once(self) -> None:
+        w = self.worker
+        if w.producer is None or w.pool is None:
+            return
+        p = w.producer
+        t0, done0, failed0 = self._last
+        now = time.monotonic()
+        done, failed = p.succeeded, p.failed
+        self._last = (now, done, failed)
+        async with w.pool.connection() as conn:
+            row = await db.fetch_one(conn, "count_ready", {"queues": w.queues})
+        emit("skiplock.worker.summary", worker=w.id, done=done - done0, failed=failed - failed0,
+             rate_per_s=round((done - done0 + failed - failed0) / max(now - t0, 1e-9), 1),
+             running=len(p.running), ready=row["ready"] if row else None)

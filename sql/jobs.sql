@@ -1,0 +1,171 @@
+-- Queries on skiplock.jobs, one name each. Parameters are psycopg named placeholders.
+-- Every time-dependent query takes %(now)s (NULL means the database's now()).
+
+-- name: insert_job
+-- One job. With an idempotency key already used in the queue nothing is inserted and
+-- nothing is returned; the caller then reads the existing row (find_by_idempotency_key).
+INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
+                           idempotency_key, batch_id)
+VALUES (%(id)s, %(task)s, %(args)s, %(queue)s, %(priority)s, coalesce(%(run_at)s, now()),
+        %(max_attempts)s, %(timeout)s, %(idempotency_key)s, %(batch_id)s)
+ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *;
+
+-- name: insert_jobs
+-- Many jobs in one statement; returns the ids actually inserted (conflicts are skipped).
+INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
+                           idempotency_key, batch_id)
+SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
+       i.timeout, i.idempotency_key, i.batch_id
+  FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
+              %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(max_attempts)s::int[],
+              %(timeouts)s::float8[], %(idempotency_keys)s::text[], %(batch_ids)s::uuid[])
+       AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id)
+ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id;
+
+-- name: find_by_idempotency_key
+SELECT * FROM skiplock.jobs WHERE queue = %(queue)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: get_job
+SELECT * FROM skiplock.jobs WHERE id = %(id)s;
+
+-- name: get_history
+SELECT state, at, attempt, worker_id, error, correlation_id
+  FROM skiplock.job_history WHERE job_id = %(id)s ORDER BY id;
+
+-- name: claim_batch
+-- The hot path. Takes up to %(limit)s due jobs in priority, run_at, id order from the
+-- worker's queues (NULL = all), skipping rows another worker holds and paused queues,
+-- and marks them running under a lease, in one statement. The plan is an ordered scan
+-- of jobs_claim_idx (tests/integration/test_claim_plan.py checks it).
+WITH claimed AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE j.state = 'queued'
+       AND j.run_at <= coalesce(%(now)s, now())
+       AND (%(queues)s::text[] IS NULL OR j.queue = ANY (%(queues)s::text[]))
+       AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = j.queue AND p.paused)
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE skiplock.jobs j
+   SET state = 'running',
+       attempt = j.attempt + 1,
+       worker_id = %(worker_id)s,
+       lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s),
+       started_at = coalesce(%(now)s, now())
+  FROM claimed
+ WHERE j.id = claimed.id
+RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts, j.timeout,
+          j.checkpoint, j.run_at, j.created_at;
+
+-- name: finish_many_if_held
+-- Acknowledges a batch of outcomes in one statement. Fenced: a row changes only if it is
+-- still running under the same attempt and worker that claimed it, so the late answer of
+-- a worker whose job was rescued, cancelled or released changes nothing. Returns the ids
+-- that changed.
+WITH o AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::skiplock.job_state[],
+                         %(results)s::jsonb[], %(errors)s::text[], %(run_ats)s::timestamptz[],
+                         %(checkpoints)s::jsonb[], %(progresses)s::jsonb[])
+           AS o(id, attempt, state, result, error, run_at, checkpoint, progress)
+)
+UPDATE skiplock.jobs j
+   SET state = o.state,
+       result = o.result,
+       last_error = coalesce(o.error, j.last_error),
+       run_at = coalesce(o.run_at, j.run_at),
+       checkpoint = coalesce(o.checkpoint, j.checkpoint),
+       progress = coalesce(o.progress, j.progress),
+       worker_id = NULL,
+       lease_expires_at = NULL,
+       finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE coalesce(%(now)s, now()) END
+  FROM o
+ WHERE j.id = o.id AND j.attempt = o.attempt AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
+-- name: release_many_if_held
+-- Graceful shutdown: jobs still running after the grace period go back to queued, due
+-- now, and the interrupted attempt is given back.
+UPDATE skiplock.jobs j
+   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+       run_at = coalesce(%(now)s, now()),
+       progress = coalesce(r.progress, j.progress), checkpoint = coalesce(r.checkpoint, j.checkpoint)
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[])
+       AS r(id, attempt, checkpoint, progress)
+ WHERE j.id = r.id AND j.attempt = r.attempt AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
+-- name: update_many_if_held
+-- Progress and checkpoints reported by running handlers, fenced like acknowledgements.
+UPDATE skiplock.jobs j
+   SET progress = coalesce(u.progress, j.progress), checkpoint = coalesce(u.checkpoint, j.checkpoint)
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[])
+       AS u(id, attempt, checkpoint, progress)
+ WHERE j.id = u.id AND j.attempt = u.attempt AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
+-- name: extend_leases_if_held
+-- Heartbeat: renew the lease of every job this worker still holds. Ids missing from the
+-- result were cancelled or rescued meanwhile; the worker stops running them.
+UPDATE skiplock.jobs j
+   SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS h(id, attempt)
+ WHERE j.id = h.id AND j.attempt = h.attempt AND j.state = 'running' AND j.worker_id = %(worker_id)s
+RETURNING j.id;
+
+-- name: rescue_expired
+-- Running jobs whose lease expired (worker killed, host lost, heartbeats failing) go back
+-- to queued, or to failed if that was their last attempt. The lost run counts as an attempt.
+WITH expired AS (
+    SELECT id FROM skiplock.jobs
+     WHERE state = 'running' AND lease_expires_at < coalesce(%(now)s, now())
+     ORDER BY lease_expires_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE skiplock.jobs j
+   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END::skiplock.job_state,
+       last_error = format('lease expired: worker %%s stopped renewing it during attempt %%s', j.worker_id, j.attempt),
+       worker_id = NULL,
+       lease_expires_at = NULL,
+       run_at = coalesce(%(now)s, now()),
+       finished_at = CASE WHEN j.attempt >= j.max_attempts THEN coalesce(%(now)s, now()) END
+  FROM expired
+ WHERE j.id = expired.id
+RETURNING j.id, j.state, j.attempt;
+
+-- name: cancel_job
+SELECT skiplock.cancel(%(id)s) AS state;
+
+-- name: retry_job
+SELECT skiplock.retry(%(id)s) AS state;
+
+-- name: list_jobs
+-- Newest first (ids are time-ordered); the cursor is the last id of the previous page.
+SELECT * FROM skiplock.jobs
+ WHERE (%(queue)s::text IS NULL OR queue = %(queue)s)
+   AND (%(state)s::skiplock.job_state IS NULL OR state = %(state)s)
+   AND (%(task)s::text IS NULL OR task = %(task)s)
+   AND (%(batch_id)s::uuid IS NULL OR batch_id = %(batch_id)s)
+   AND (%(before)s::uuid IS NULL OR id < %(before)s)
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: prune_finished
+-- Deletes finished jobs (and their history) older than the cutoff, a small batch at a time
+-- so it never holds many locks.
+WITH doomed AS (
+    SELECT id FROM skiplock.jobs
+     WHERE finished_at < coalesce(%(now)s, now()) - make_interval(secs => %(older_than_seconds)s)
+       AND state IN ('succeeded', 'failed', 'cancelled')
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM skiplock.jobs j USING doomed WHERE j.id = doomed.id RETURNING j.id
+), history AS (
+    DELETE FROM skiplock.job_history h USING gone WHERE h.job_id = gone.id
+)
+SELECT count(*) AS deleted FROM gone;

@@ -1,0 +1,328 @@
+-- Skiplock schema: the one a person reads.
+-- Migrations (migrations/versions/*) must reproduce exactly this; a test diffs
+-- `pg_dump --schema-only` of a migrated database against a database built from this file.
+
+CREATE SCHEMA skiplock;
+
+CREATE TYPE skiplock.job_state AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
+
+-- Time-ordered UUID (version 7): 48 bits of Unix milliseconds, then random bits.
+-- New ids sort after old ones, so the primary key index stays append-mostly.
+CREATE FUNCTION skiplock.uuid_v7(ts timestamptz DEFAULT clock_timestamp()) RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT encode(
+    set_bit(set_bit(
+      overlay(uuid_send(gen_random_uuid())
+              PLACING substring(int8send((extract(epoch FROM ts) * 1000)::bigint) FROM 3)
+              FROM 1 FOR 6),
+      52, 1), 53, 1),
+    'hex')::uuid
+$$;
+
+-- Which state may follow which. The only place the rules live; the trigger below
+-- asks it for every updated row, whoever runs the UPDATE (worker, API or psql).
+CREATE FUNCTION skiplock.transition_allowed(old_state skiplock.job_state, new_state skiplock.job_state)
+RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE old_state
+    WHEN 'queued'    THEN new_state IN ('queued', 'running', 'cancelled')
+    WHEN 'running'   THEN new_state IN ('running', 'queued', 'succeeded', 'failed', 'cancelled')
+    WHEN 'failed'    THEN new_state IN ('failed', 'queued')
+    WHEN 'cancelled' THEN new_state IN ('cancelled', 'queued')
+    ELSE false  -- succeeded is final
+  END
+$$;
+
+CREATE TABLE skiplock.jobs (
+    id               uuid                NOT NULL DEFAULT skiplock.uuid_v7(),
+    task             text                NOT NULL,
+    args             jsonb               NOT NULL DEFAULT '{}'::jsonb,
+    queue            text                NOT NULL DEFAULT 'default',
+    priority         smallint            NOT NULL DEFAULT 1,
+    state            skiplock.job_state  NOT NULL DEFAULT 'queued',
+    attempt          integer             NOT NULL DEFAULT 0,
+    max_attempts     integer             NOT NULL DEFAULT 3,
+    run_at           timestamptz         NOT NULL DEFAULT now(),
+    timeout          double precision,
+    idempotency_key  text,
+    batch_id         uuid,
+    result           jsonb,
+    last_error       text,
+    progress         jsonb,
+    checkpoint       jsonb,
+    worker_id        text,
+    lease_expires_at timestamptz,
+    created_at       timestamptz         NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    CONSTRAINT jobs_pkey PRIMARY KEY (id),
+    CONSTRAINT jobs_task_format CHECK (task ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
+    CONSTRAINT jobs_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT jobs_priority_range CHECK (priority BETWEEN 0 AND 2),
+    CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
+    CONSTRAINT jobs_attempt_nonnegative CHECK (attempt >= 0),
+    CONSTRAINT jobs_timeout_positive CHECK (timeout IS NULL OR timeout > 0),
+    CONSTRAINT jobs_idempotency_key_length CHECK (idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 255),
+    -- A running job always has a holder and a lease; nothing else has one.
+    CONSTRAINT jobs_running_has_lease CHECK (
+        (state = 'running') = (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL))
+);
+
+-- Hot table: rows are updated several times and deleted by the pruner. Vacuum after
+-- 1% dead tuples (default 20%) so the claim index stays small, and leave room on each
+-- page for HOT updates (progress, lease renewals).
+ALTER TABLE skiplock.jobs SET (
+    fillfactor = 85,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 1
+);
+
+-- Serves exactly the claim query (sql/jobs.sql: claim_batch): queued rows only, in
+-- claim order. Rows leave the index as soon as they are claimed.
+CREATE INDEX jobs_claim_idx ON skiplock.jobs (priority, run_at, id) WHERE state = 'queued';
+-- The rescuer's scan: running rows whose lease expired.
+CREATE INDEX jobs_lease_idx ON skiplock.jobs (lease_expires_at) WHERE state = 'running';
+-- Idempotency: one job per (queue, key), whatever races.
+CREATE UNIQUE INDEX jobs_idempotency_key_uniq ON skiplock.jobs (queue, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- The pruner and the listing endpoints.
+CREATE INDEX jobs_finished_at_idx ON skiplock.jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX jobs_batch_idx ON skiplock.jobs (batch_id) WHERE batch_id IS NOT NULL;
+
+CREATE TABLE skiplock.job_history (
+    id             bigint GENERATED ALWAYS AS IDENTITY,
+    job_id         uuid                NOT NULL,
+    state          skiplock.job_state  NOT NULL,
+    at             timestamptz         NOT NULL DEFAULT clock_timestamp(),
+    attempt        integer             NOT NULL,
+    worker_id      text,
+    error          text,
+    correlation_id text,
+    CONSTRAINT job_history_pkey PRIMARY KEY (id)
+);
+ALTER TABLE skiplock.job_history SET (
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05
+);
+CREATE INDEX job_history_job_idx ON skiplock.job_history (job_id, id);
+
+CREATE TABLE skiplock.queues (
+    name        text        NOT NULL,
+    paused      boolean     NOT NULL DEFAULT false,
+    max_waiting integer,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT queues_pkey PRIMARY KEY (name),
+    CONSTRAINT queues_name_format CHECK (name ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0)
+);
+
+CREATE TABLE skiplock.workers (
+    id           text        NOT NULL,
+    hostname     text        NOT NULL,
+    pid          integer     NOT NULL,
+    queues       text[],
+    concurrency  integer     NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT workers_pkey PRIMARY KEY (id)
+);
+ALTER TABLE skiplock.workers SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 50);
+
+-- Refuses any state change the contract does not allow, and writes each transition to
+-- the history in the same statement (set-based: one INSERT per UPDATE statement, not per row).
+-- The correlation id comes from the transaction-local setting skiplock.correlation_id.
+CREATE FUNCTION skiplock.jobs_after_update_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  bad record;
+  q text;
+BEGIN
+  SELECT o.id, o.state AS old_state, n.state AS new_state INTO bad
+    FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+   WHERE NOT skiplock.transition_allowed(o.state, n.state)
+   LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'skiplock: job % cannot go from % to %', bad.id, bad.old_state, bad.new_state
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
+  END IF;
+  INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
+  SELECT n.id, n.state, n.attempt,
+         coalesce(n.worker_id, o.worker_id),
+         CASE WHEN o.state = 'running' AND n.state IN ('queued', 'failed') THEN n.last_error END,
+         nullif(current_setting('skiplock.correlation_id', true), '')
+    FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+   WHERE n.state <> o.state OR n.attempt <> o.attempt;
+  -- A job back in queued (retry, rescue, release, operator's retry) that is due now:
+  -- wake a sleeping worker, once per queue.
+  FOR q IN SELECT DISTINCT n.queue FROM new_jobs n JOIN old_jobs o ON o.id = n.id
+            WHERE n.state = 'queued' AND o.state <> 'queued' AND n.run_at <= now() LOOP
+    BEGIN
+      PERFORM pg_notify('skiplock_jobs', q);
+    EXCEPTION WHEN OTHERS THEN
+      NULL;
+    END;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION skiplock.jobs_after_insert_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  q text;
+BEGIN
+  INSERT INTO skiplock.job_history (job_id, state, attempt, correlation_id)
+  SELECT n.id, n.state, n.attempt, nullif(current_setting('skiplock.correlation_id', true), '')
+    FROM new_jobs n;
+  -- Wake sleeping workers: one NOTIFY per queue per statement (Postgres folds identical
+  -- notifications within a transaction). A failed NOTIFY must never fail the insert.
+  FOR q IN SELECT DISTINCT n.queue FROM new_jobs n WHERE n.state = 'queued' AND n.run_at <= now() LOOP
+    BEGIN
+      PERFORM pg_notify('skiplock_jobs', q);
+    EXCEPTION WHEN OTHERS THEN
+      NULL;
+    END;
+  END LOOP;
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_after_update AFTER UPDATE ON skiplock.jobs
+    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_update_v1();
+
+CREATE TRIGGER jobs_after_insert AFTER INSERT ON skiplock.jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_insert_v1();
+
+-- ---------------------------------------------------------------------------
+-- Functions for any language, each inside the caller's transaction.
+
+CREATE FUNCTION skiplock.priority_value(priority text) RETURNS smallint
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  RETURN CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 WHEN 'low' THEN 2
+    ELSE skiplock.raise_invalid('priority', priority, 'must be high, normal or low')::smallint END;
+END
+$$;
+
+CREATE FUNCTION skiplock.raise_invalid(field text, value text, reason text) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION 'skiplock: invalid %: % (%)', field, coalesce(value, 'null'), reason
+    USING ERRCODE = 'invalid_parameter_value';
+END
+$$;
+
+-- Submit a job from SQL. Returns the job id; with an idempotency key already used in
+-- the queue, returns the existing job's id and inserts nothing.
+CREATE FUNCTION skiplock.enqueue(
+    task text,
+    args jsonb DEFAULT '{}'::jsonb,
+    queue text DEFAULT 'default',
+    priority text DEFAULT 'normal',
+    run_at timestamptz DEFAULT NULL,
+    max_attempts integer DEFAULT 3,
+    timeout double precision DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    batch_id uuid DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  new_id uuid;
+BEGIN
+  IF args IS NULL OR jsonb_typeof(args) <> 'object' THEN
+    PERFORM skiplock.raise_invalid('args', args::text, 'must be a JSON object');
+  END IF;
+  INSERT INTO skiplock.jobs AS j (task, args, queue, priority, run_at, max_attempts, timeout,
+                                  idempotency_key, batch_id)
+  VALUES (enqueue.task, enqueue.args, enqueue.queue, skiplock.priority_value(enqueue.priority),
+          coalesce(enqueue.run_at, now()), enqueue.max_attempts, enqueue.timeout,
+          enqueue.idempotency_key, enqueue.batch_id)
+  ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING j.id INTO new_id;
+  IF new_id IS NULL THEN
+    SELECT j.id INTO new_id FROM skiplock.jobs j
+     WHERE j.queue = enqueue.queue AND j.idempotency_key = enqueue.idempotency_key;
+  END IF;
+  RETURN new_id;
+END
+$$;
+
+-- Put a failed or cancelled job back in the queue, to run now with a fresh set of attempts.
+CREATE FUNCTION skiplock.retry(job_id uuid) RETURNS skiplock.job_state
+LANGUAGE plpgsql AS $$
+DECLARE
+  s skiplock.job_state;
+BEGIN
+  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = job_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF s NOT IN ('failed', 'cancelled') THEN
+    RAISE EXCEPTION 'skiplock: job % is %; only failed or cancelled jobs can be retried', job_id, s
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
+  END IF;
+  UPDATE skiplock.jobs j
+     SET state = 'queued', attempt = 0, run_at = now(), finished_at = NULL, result = NULL
+   WHERE j.id = job_id;
+  RETURN 'queued';
+END
+$$;
+
+-- Cancel a queued or running job. A running job's worker sees the cancellation at its
+-- next heartbeat; whatever it answers afterwards is fenced off.
+CREATE FUNCTION skiplock.cancel(job_id uuid) RETURNS skiplock.job_state
+LANGUAGE plpgsql AS $$
+DECLARE
+  s skiplock.job_state;
+BEGIN
+  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = job_id FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
+  END IF;
+  IF s NOT IN ('queued', 'running') THEN
+    RAISE EXCEPTION 'skiplock: job % is %; only queued or running jobs can be cancelled', job_id, s
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
+  END IF;
+  UPDATE skiplock.jobs j
+     SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, finished_at = now()
+   WHERE j.id = job_id;
+  RETURN 'cancelled';
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Views for psql.
+
+CREATE VIEW skiplock.queue_stats AS
+SELECT q.queue,
+       coalesce(p.paused, false) AS paused,
+       count(*) FILTER (WHERE j.state = 'queued' AND j.run_at <= now()) AS ready,
+       count(*) FILTER (WHERE j.state = 'queued' AND j.run_at > now())  AS scheduled,
+       count(*) FILTER (WHERE j.state = 'running')   AS running,
+       count(*) FILTER (WHERE j.state = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE j.state = 'failed')    AS failed,
+       count(*) FILTER (WHERE j.state = 'cancelled') AS cancelled,
+       coalesce(extract(epoch FROM now() - min(j.run_at) FILTER (
+           WHERE j.state = 'queued' AND j.run_at <= now())), 0)::double precision AS oldest_ready_seconds
+  FROM (SELECT DISTINCT queue FROM skiplock.jobs UNION SELECT name FROM skiplock.queues) q
+  LEFT JOIN skiplock.jobs j ON j.queue = q.queue
+  LEFT JOIN skiplock.queues p ON p.name = q.queue
+ GROUP BY q.queue, p.paused;
+
+CREATE VIEW skiplock.dead_letter AS
+SELECT id, task, queue, attempt, max_attempts, last_error, args, finished_at, created_at
+  FROM skiplock.jobs
+ WHERE state = 'failed';
+
+CREATE VIEW skiplock.stuck_jobs AS
+SELECT id, task, queue, attempt, worker_id, started_at, lease_expires_at,
+       now() - lease_expires_at AS overdue
+  FROM skiplock.jobs
+ WHERE state = 'running' AND lease_expires_at < now();

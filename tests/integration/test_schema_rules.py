@@ -1,0 +1,76 @@
+"""The database holds the rules: transitions, history, constraints, SQL functions."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+
+def test_update_queued_to_succeeded_from_psql_is_refused(pg_conn, make_job):
+    job = make_job(state="queued")
+    with pytest.raises(psycopg.errors.CheckViolation, match="cannot go from queued to succeeded"):
+        pg_conn.execute("UPDATE skiplock.jobs SET state = 'succeeded' WHERE id = %s", (job,))
+    pg_conn.rollback()
+    assert pg_conn.execute("SELECT state FROM skiplock.jobs WHERE id = %s", (job,)).fetchone()[0] == "queued"
+
+
+@pytest.mark.parametrize("old,new", [("succeeded", "queued"), ("succeeded", "failed"), ("failed", "succeeded"),
+                                     ("cancelled", "running"), ("queued", "failed"), ("failed", "running")])
+def test_forbidden_transitions_are_refused(pg_conn, make_job, old, new):
+    job = make_job(state=old)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        pg_conn.execute("UPDATE skiplock.jobs SET state = %s, worker_id = NULL, lease_expires_at = NULL"
+                        " WHERE id = %s", (new, job))
+
+
+def test_every_transition_is_written_to_history_in_the_same_statement(pg_conn):
+    job = pg_conn.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"x\"}')").fetchone()[0]
+    pg_conn.execute("UPDATE skiplock.jobs SET state='running', attempt=1, worker_id='w', "
+                    "lease_expires_at=now()+interval '30s' WHERE id=%s", (job,))
+    pg_conn.execute("UPDATE skiplock.jobs SET state='queued', worker_id=NULL, lease_expires_at=NULL, "
+                    "last_error='boom' WHERE id=%s", (job,))
+    pg_conn.execute("SELECT skiplock.cancel(%s)", (job,))
+    pg_conn.execute("SELECT skiplock.retry(%s)", (job,))
+    rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_history "
+                           "WHERE job_id=%s ORDER BY id", (job,)).fetchall()
+    assert rows == [("queued", 0, None, None), ("running", 1, "w", None), ("queued", 1, "w", "boom"),
+                    ("cancelled", 1, None, None), ("queued", 0, None, None)]
+
+
+def test_sql_enqueue_validates_and_is_idempotent_per_queue(pg_conn):
+    a = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', idempotency_key => 'k1')").fetchone()[0]
+    b = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', idempotency_key => 'k1')").fetchone()[0]
+    c = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', queue => 'other', idempotency_key => 'k1')").fetchone()[0]
+    assert a == b != c
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="priority"):
+        pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', priority => 'urgent')")
+    pg_conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_queue_format"):
+        pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', queue => 'Bad Queue!')")
+    pg_conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation, match="jobs_max_attempts_positive"):
+        pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', max_attempts => 0)")
+
+
+def test_sql_retry_and_cancel_refuse_wrong_states(pg_conn, make_job):
+    done = make_job(state="succeeded")
+    with pytest.raises(psycopg.errors.CheckViolation, match="only failed or cancelled"):
+        pg_conn.execute("SELECT skiplock.retry(%s)", (done,))
+    pg_conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation, match="only queued or running"):
+        pg_conn.execute("SELECT skiplock.cancel(%s)", (done,))
+    pg_conn.rollback()
+    failed = make_job(state="failed", attempt=3)
+    assert pg_conn.execute("SELECT skiplock.retry(%s)", (failed,)).fetchone()[0] == "queued"
+    assert pg_conn.execute("SELECT attempt FROM skiplock.jobs WHERE id=%s", (failed,)).fetchone()[0] == 0
+
+
+def test_views_show_stats_dead_letter_and_stuck_jobs(pg_conn, make_job):
+    make_job(state="queued")
+    make_job(state="failed", attempt=3, last_error="boom")
+    make_job(state="running", lease_expires_at=__import__("datetime").datetime(2000, 1, 1,
+             tzinfo=__import__("datetime").timezone.utc))
+    stats = pg_conn.execute("SELECT queue, ready, running, failed FROM skiplock.queue_stats").fetchall()
+    assert stats == [("default", 1, 1, 1)]
+    assert pg_conn.execute("SELECT last_error FROM skiplock.dead_letter").fetchall() == [("boom",)]
+    assert len(pg_conn.execute("SELECT id FROM skiplock.stuck_jobs").fetchall()) == 1
