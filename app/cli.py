@@ -1,0 +1,275 @@
+"""The `skiplock` command (also `python -m app`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from skiplock import InvalidInput, SkiplockError, Worker, db, enqueue
+from skiplock.errors import translate
+
+from . import migrate as migrations
+from .embedded_pg import PostgresNotFound
+from .settings import Settings
+from .wiring import configure_logging, database_url, load_tasks
+
+
+def _queues(value: str) -> list[str]:
+    return [q.strip() for q in value.split(",") if q.strip()]
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {n}")
+    return n
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skiplock", description="A job queue that lives entirely in PostgreSQL.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="database (embedded unless DATABASE_URL) + migrations + API + one worker")
+    api = sub.add_parser("api", help="serve the HTTP API and dashboard")
+    api.add_argument("--host")
+    api.add_argument("--port", type=int)
+    w = sub.add_parser("worker", help="run jobs")
+    w.add_argument("--queues", type=_queues, help="comma-separated queues (default: all)")
+    w.add_argument("--concurrency", type=_positive_int)
+    w.add_argument("--burst", action="store_true", help="exit when no job is ready and none is running")
+    sub.add_parser("migrate", help="bring the schema to the latest migration")
+    e = sub.add_parser("enqueue", help="submit one job")
+    e.add_argument("task")
+    e.add_argument("--args", default="{}", help="JSON object of arguments")
+    e.add_argument("--queue")
+    e.add_argument("--priority", choices=["high", "normal", "low"])
+    e.add_argument("--delay", type=float, help="seconds from now")
+    e.add_argument("--max-attempts", type=int)
+    e.add_argument("--idempotency-key")
+    sub.add_parser("status", help="queues and job counts by state")
+    for name in ("retry", "cancel", "show"):
+        c = sub.add_parser(name, help=f"{name} one job")
+        c.add_argument("id")
+    pr = sub.add_parser("prune", help="delete finished jobs older than the retention")
+    pr.add_argument("--older-than", type=float, help="seconds (default: SKIPLOCK_RETENTION_SECONDS)")
+    sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
+    sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings)
+    try:
+        return int(COMMANDS[args.command](args, settings) or 0)
+    except PostgresNotFound as exc:
+        print(f"skiplock: {exc}", file=sys.stderr)
+        return 3
+    except SkiplockError as exc:
+        print(f"skiplock: {exc.message}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"skiplock: database unavailable: {exc}".strip(), file=sys.stderr)
+        return 4
+    except KeyboardInterrupt:
+        return 130
+
+
+def _url(settings: Settings) -> str:
+    return database_url(settings)[0]
+
+
+async def _with_conn(url: str, fn: Any) -> Any:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        try:
+            return await fn(conn)
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    url = _url(settings)
+    migrations.upgrade(url)
+    print(f"skiplock: schema at revision {migrations.head_revision()}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    load_tasks(settings)
+    worker = Worker(_url(settings), queues=args.queues or settings.queue_list,
+                    concurrency=args.concurrency or settings.concurrency, lease_seconds=settings.lease_seconds,
+                    poll_interval=settings.poll_interval, grace_seconds=settings.grace_seconds,
+                    rescue_interval=settings.rescue_interval, retention_seconds=settings.retention_seconds or None,
+                    burst=args.burst)
+
+    async def go() -> None:
+        worker.install_signal_handlers()
+        await worker.run()
+
+    asyncio.run(go())
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    load_tasks(settings)
+    try:
+        job_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--args is not valid JSON: {exc}", field="args") from None
+    options = {k: v for k, v in {"queue": args.queue, "priority": args.priority, "delay": args.delay,
+                                 "max_attempts": args.max_attempts,
+                                 "idempotency_key": args.idempotency_key}.items() if v is not None}
+    result = asyncio.run(_with_conn(_url(settings), lambda c: enqueue(
+        c, args.task, job_args, max_args_bytes=settings.max_args_bytes, **options)))
+    _print({"id": str(result.id), "created": result.created, "state": result.row.get("state")})
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    rows = asyncio.run(_with_conn(_url(settings), db.queue_stats))
+    cols = ["queue", "paused", "ready", "scheduled", "running", "succeeded", "failed", "cancelled",
+            "oldest_ready_seconds"]
+    print("  ".join(f"{c:>10}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{(round(r[c], 1) if isinstance(r[c], float) else r[c])!s:>10}" for c in cols))
+    if not rows:
+        print("(no queues yet)")
+    return 0
+
+
+def _job_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not a job id (a UUID)", field="id") from None
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    state = asyncio.run(_with_conn(_url(settings), lambda c: db.retry_job(c, _job_id(args.id))))
+    print(f"skiplock: job {args.id} is {state}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    state = asyncio.run(_with_conn(_url(settings), lambda c: db.cancel_job(c, _job_id(args.id))))
+    print(f"skiplock: job {args.id} is {state}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(conn: db.AsyncConn) -> dict[str, Any]:
+        job = await db.get_job(conn, _job_id(args.id))
+        if job is None:
+            raise SkiplockError(f"no job {args.id}")
+        job["history"] = await db.get_history(conn, job["id"])
+        return job
+
+    _print(asyncio.run(_with_conn(_url(settings), show)))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    older = args.older_than if args.older_than is not None else settings.retention_seconds
+
+    async def prune(conn: db.AsyncConn) -> int:
+        total = 0
+        while (n := await db.prune_finished(conn, older_than_seconds=older, limit=1000)) > 0:
+            total += n
+        return total
+
+    print(f"skiplock: pruned {asyncio.run(_with_conn(_url(settings), prune))} finished jobs")
+    return 0
+
+
+def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
+    print(_url(settings))
+    return 0
+
+
+def cmd_stop_db(args: argparse.Namespace, settings: Settings) -> int:
+    from .wiring import embedded_cluster
+
+    embedded_cluster(settings).stop()
+    return 0
+
+
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from .http import create_app, effective_host
+
+    load_tasks(settings)
+    url = _url(settings)
+    settings = settings.model_copy(update={"database_url": url})
+    host = effective_host(settings, args.host or settings.host)
+    uvicorn.run(create_app(settings), host=host, port=args.port or settings.port, log_level="warning")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Everything a newcomer needs: database, schema, API, and one supervised worker process
+    (restarted if it dies, so `kill -9` on it shows a job being rescued and run again)."""
+    url, started = database_url(settings)
+    try:
+        migrations.upgrade(url)
+        env = dict(os.environ, DATABASE_URL=url)
+        worker: subprocess.Popen[bytes] | None = None
+        stop = False
+
+        def spawn() -> subprocess.Popen[bytes]:
+            proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env)
+            print(f"skiplock: worker started (pid {proc.pid})", file=sys.stderr)
+            return proc
+
+        def supervise() -> None:
+            nonlocal worker
+            while not stop:
+                if worker is None or worker.poll() is not None:
+                    if worker is not None:
+                        print(f"skiplock: worker exited ({worker.returncode}); starting another", file=sys.stderr)
+                        time.sleep(1)
+                    if not stop:
+                        worker = spawn()
+                time.sleep(0.5)
+
+        import threading
+
+        threading.Thread(target=supervise, name="skiplock-supervisor", daemon=True).start()
+        try:
+            print(f"skiplock: database {url}", file=sys.stderr)
+            cmd_api(argparse.Namespace(host=None, port=None), settings.model_copy(update={"database_url": url}))
+        finally:
+            stop = True
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(settings.grace_seconds + 15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+    finally:
+        if started is not None:
+            started.stop()
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
+    "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
+    "url": cmd_url, "stop-db": cmd_stop_db,
+}
