@@ -111,13 +111,20 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
             exc.args = (exc.message,)
             raise
     try:
+        if not conn.autocommit:
+            # The caller's transaction (psycopg opens one implicitly): they commit or roll back.
+            return await _insert(conn, rows, correlation_id)
         async with conn.transaction():
-            await db.set_correlation_id(conn, correlation_id)
-            if len(rows) == 1:
-                return [await _insert_one(conn, rows[0])]
-            return await _insert_many(conn, rows)
+            return await _insert(conn, rows, correlation_id)
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+async def _insert(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None) -> list[Enqueued]:
+    await db.set_correlation_id(conn, correlation_id)
+    if len(rows) == 1:
+        return [await _insert_one(conn, rows[0])]
+    return await _insert_many(conn, rows)
 
 
 async def _insert_one(conn: db.AsyncConn, row: dict[str, Any]) -> Enqueued:

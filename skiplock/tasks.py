@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Task:
     wraps_model: bool = field(init=False, default=False)
     context_param: str | None = field(init=False, default=None)
     is_async: bool = field(init=False, default=False)
+    localns: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -52,7 +54,8 @@ class Task:
         self._build_model()
 
     def _build_model(self) -> None:
-        hints = typing.get_type_hints(self.fn)
+        # localns: names visible where @task was applied (a model defined in a function body)
+        hints = typing.get_type_hints(self.fn, localns=self.localns)
         fields: dict[str, Any] = {}
         params = list(inspect.signature(self.fn).parameters.values())
         for p in params:
@@ -158,7 +161,7 @@ def task(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         t = Task(name=name or fn.__name__, fn=fn, queue=queue, priority=priority, max_attempts=max_attempts,
-                 timeout=timeout, retry=retry or DEFAULT_BACKOFF)
+                 timeout=timeout, retry=retry or DEFAULT_BACKOFF, localns=dict(sys._getframe(1).f_locals))
         target.add(t)
         fn.task = t  # type: ignore[attr-defined]
         return fn

@@ -1,0 +1,63 @@
+# Skiplock — every command a newcomer needs. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install test test-fast run api worker migrate psql status bench bench-peers chaos soak lint clean stop-db
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Skiplock needs Python >= 3.11; found " + sys.version.split()[0])'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -e ".[test,dev]" 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c 'import skiplock, app, pytest_postgresql' && touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project
+
+test: $(STAMP) ## the whole suite (starts its own PostgreSQL)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## the suite without the slow acceptance tests
+	$(PY) -m pytest -m "not slow"
+
+run: $(STAMP) ## database (embedded unless DATABASE_URL) + migrations + API on :8000 + one worker
+	$(PY) -m app run
+
+api: $(STAMP) ## the HTTP API only
+	$(PY) -m app api
+
+worker: $(STAMP) ## one worker (SKIPLOCK_CONCURRENCY, SKIPLOCK_QUEUES, ...)
+	$(PY) -m app worker
+
+migrate: $(STAMP) ## bring the schema to the latest migration
+	$(PY) -m app migrate
+
+status: $(STAMP) ## queues and counts by state
+	$(PY) -m app status
+
+psql: $(STAMP) ## psql on the database in use (also reads SQL from stdin)
+	@psql "$$($(PY) -m app url)"
+
+stop-db: $(STAMP) ## stop the embedded PostgreSQL
+	$(PY) -m app stop-db
+
+bench: $(STAMP) ## throughput and latency beside the raw-SQL floor (writes bench/results.json)
+	$(PY) -m bench
+
+bench-peers: $(STAMP) ## the same workloads with PgQueuer and Procrastinate
+	$(PY) -m bench --peers
+
+chaos: $(STAMP) ## crash, outage and race scenarios with real processes
+	$(PY) -m pytest tests/acceptance -m slow -v
+
+lint: $(STAMP) ## ruff and mypy (strict)
+	$(VENV)/bin/ruff check skiplock app tests bench migrations
+	$(VENV)/bin/mypy
+
+clean: ## remove the venv and the embedded cluster's files
+	-$(PY) -m app stop-db 2>/dev/null
+	rm -rf $(VENV) .skiplock
