@@ -91,8 +91,8 @@ class Cluster:
             return Path(pointer.read_text().strip())
         if _server_user_can_reach(self.home):
             return self.home
-        digest = hashlib.sha1(str(self.home).encode()).hexdigest()[:10]
-        base = Path("/var/tmp") / f"skiplock-{digest}"
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+        base = Path("/var/tmp") / f"skiplock-{digest}"  # noqa: S108 - owned by postgres, not shared secrets
         pointer.write_text(f"{base}\n")
         return base
 

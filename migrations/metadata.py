@@ -3,8 +3,20 @@ SQLAlchemy). The authoritative DDL is sql/schema.sql; the migrations reproduce i
 
 from __future__ import annotations
 
-from sqlalchemy import (ARRAY, Boolean, Column, DateTime, Double, Enum, Identity, Integer, MetaData, SmallInteger,
-                        Table, Text)
+from sqlalchemy import (
+                        ARRAY,
+                        Boolean,
+                        Column,
+                        DateTime,
+                        Double,
+                        Enum,
+                        Identity,
+                        Integer,
+                        MetaData,
+                        SmallInteger,
+                        Table,
+                        Text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 metadata = MetaData(schema="skiplock")

@@ -64,7 +64,7 @@ class Completer:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="skiplock.completer")
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a flush deadline
         """Flush what is buffered (retrying for up to `timeout`), then stop."""
         self._stopping = True
         self._wake.set()

@@ -8,7 +8,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -16,7 +16,8 @@ import psycopg
 from . import db
 from .errors import InvalidInput, SkiplockError, translate
 from .job import check_queue, priority_value, uuid7
-from .tasks import Task, TaskRegistry, registry as default_registry
+from .tasks import Task, TaskRegistry
+from .tasks import registry as default_registry
 
 MAX_ARGS_BYTES = 256 * 1024
 """Default bound on one job's JSON arguments; larger payloads belong in your own storage."""
@@ -63,7 +64,7 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     if spec.delay is not None:
         if not isinstance(spec.delay, int | float) or not math.isfinite(spec.delay) or spec.delay < 0:
             raise InvalidInput(f"delay must be a number of seconds >= 0, not {spec.delay!r}", field="delay")
-        run_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=spec.delay)
+        run_at = (now or datetime.now(UTC)) + timedelta(seconds=spec.delay)
     if run_at is not None and run_at.tzinfo is None:
         raise InvalidInput("run_at must include a time zone", field="run_at", value=str(run_at))
     max_attempts = t.max_attempts if spec.max_attempts is None else spec.max_attempts

@@ -8,7 +8,7 @@ import json
 import traceback
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .context import JobContext
@@ -81,6 +81,6 @@ def _failure(job: ClaimedJob, backoff: Any, outcome: Any, error: str, final: boo
     if final or job.attempt >= job.max_attempts:
         result: Outcome = outcome("failed", error=error)
         return result
-    when = backoff.next_run_at(job.attempt, now or datetime.now(timezone.utc))
+    when = backoff.next_run_at(job.attempt, now or datetime.now(UTC))
     retry: Outcome = outcome("queued", error=error, run_at=when)
     return retry

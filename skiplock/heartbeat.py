@@ -6,6 +6,7 @@ keep failing stops claiming (`healthy()` turns false) until one succeeds again."
 from __future__ import annotations
 
 import time
+import uuid
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,7 +35,7 @@ class Heartbeat(PeriodicService):
     async def run_once(self) -> int:
         running = list(self.producer.running.values())
         async with self.pool.connection() as conn:
-            held: set = set()
+            held: set[uuid.UUID] = set()
             if running:
                 held = await db.extend_leases_if_held(
                     conn, worker_id=self.worker_id, ids=[r.job.id for r in running],

@@ -28,7 +28,8 @@ def uuid7(ms: int | None = None) -> uuid.UUID:
     """A time-ordered UUID (RFC 9562 version 7), same layout as skiplock.uuid_v7()."""
     ms = time.time_ns() // 1_000_000 if ms is None else ms
     rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
+    value = ((ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64
+             | 0b10 << 62 | (rand & ((1 << 62) - 1)))
     return uuid.UUID(int=value)
 
 

@@ -73,7 +73,7 @@ class Listener:
                 if self._conn is not None:
                     try:
                         await self._conn.close()
-                    except Exception:  # noqa: BLE001
+                    except Exception:  # noqa: BLE001, S110 - already broken; we reconnect next
                         pass
                     self._conn = None
                 await asyncio.sleep(min(0.2 * 2**failures, 10.0) * random.uniform(0.5, 1.0))

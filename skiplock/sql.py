@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
@@ -28,7 +28,7 @@ def parse(text: str) -> dict[str, str]:
     """Split a file into {name: query}. Duplicate names are an error."""
     queries: dict[str, str] = {}
     matches = list(_NAME.finditer(text))
-    for m, nxt in zip(matches, [*matches[1:], None]):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
         body = text[m.end(): nxt.start() if nxt else len(text)].strip()
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
         query = "\n".join(lines).strip().rstrip(";").strip()
@@ -53,7 +53,7 @@ def queries() -> dict[str, str]:
 def q(name: str) -> LiteralString:
     """The query called `name` (trusted text from our own files, hence LiteralString)."""
     try:
-        return cast(LiteralString, queries()[name])
+        return queries()[name]
     except KeyError:
         raise KeyError(f"skiplock: no query named {name!r} in {sql_dir()}") from None
 

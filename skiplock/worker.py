@@ -27,7 +27,8 @@ from .listener import Listener
 from .producer import Producer
 from .rescuer import Pruner, Rescuer
 from .service import PeriodicService
-from .tasks import TaskRegistry, registry as default_registry
+from .tasks import TaskRegistry
+from .tasks import registry as default_registry
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -126,7 +127,7 @@ class Worker:
             try:
                 async with pool.connection() as conn:
                     await db.unregister_worker(conn, self.id)
-            except Exception:  # noqa: BLE001 - the stale-worker sweep removes it later
+            except Exception:  # noqa: BLE001, S110 - the stale-worker sweep removes it later
                 pass
             await pool.close()
             emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=producer.succeeded,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -22,12 +22,12 @@ def insert_job(conn: psycopg.Connection[Any], *, task: str = "echo", args: dict[
     job_id = uuid7()
     if state == "running":
         worker_id = worker_id or "factory-worker"
-        lease_expires_at = lease_expires_at or datetime.now(timezone.utc) + timedelta(seconds=30)
+        lease_expires_at = lease_expires_at or datetime.now(UTC) + timedelta(seconds=30)
         attempt = attempt or 1
     cols: dict[str, Any] = {
         "id": job_id, "task": task, "args": Jsonb(args if args is not None else {"message": "hi"}), "queue": queue,
         "state": state, "priority": priority, "attempt": attempt, "max_attempts": max_attempts,
-        "run_at": run_at or datetime.now(timezone.utc), "worker_id": worker_id,
+        "run_at": run_at or datetime.now(UTC), "worker_id": worker_id,
         "lease_expires_at": lease_expires_at, **extra}
     names = ", ".join(cols)
     marks = ", ".join(f"%({c})s" for c in cols)

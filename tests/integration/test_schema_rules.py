@@ -40,7 +40,8 @@ def test_every_transition_is_written_to_history_in_the_same_statement(pg_conn):
 def test_sql_enqueue_validates_and_is_idempotent_per_queue(pg_conn):
     a = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', idempotency_key => 'k1')").fetchone()[0]
     b = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', idempotency_key => 'k1')").fetchone()[0]
-    c = pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', queue => 'other', idempotency_key => 'k1')").fetchone()[0]
+    c = pg_conn.execute(
+        "SELECT skiplock.enqueue('echo', '{}', queue => 'other', idempotency_key => 'k1')").fetchone()[0]
     assert a == b != c
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="priority"):
         pg_conn.execute("SELECT skiplock.enqueue('echo', '{}', priority => 'urgent')")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -135,7 +135,7 @@ def test_a_failing_job_retries_then_fails_into_dead_letter_and_sql_retry_revives
 
 def test_retry_delays_grow_exponentially():
     b = Backoff(base_seconds=2, factor=2, max_seconds=60, jitter=0.2)
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     delays = [(b.next_run_at(n, now) - now).total_seconds() for n in range(1, 8)]
     for n, d in enumerate(delays, start=1):
         assert 0.8 * min(2 * 2 ** (n - 1), 60) <= d <= 1.2 * min(2 * 2 ** (n - 1), 60)
@@ -224,7 +224,7 @@ def test_a_late_answer_from_a_rescued_attempt_changes_nothing(db_url, pg_conn, r
         job = await submit(db_url, reg, "echo", {"message": "x"})
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             [a] = await db.claim_batch(conn, worker_id="A", queues=None, limit=10, lease_seconds=1)
-            later = datetime.now(timezone.utc) + timedelta(seconds=5)
+            later = datetime.now(UTC) + timedelta(seconds=5)
             rescued = await db.rescue_expired(conn, now=later)
             assert [r["id"] for r in rescued] == [job]
             [b] = await db.claim_batch(conn, worker_id="B", queues=None, limit=10, lease_seconds=30, now=later)
@@ -248,7 +248,7 @@ def test_a_late_answer_from_a_rescued_attempt_changes_nothing(db_url, pg_conn, r
 
 def test_rescue_on_the_last_attempt_moves_the_job_to_failed(db_url, pg_conn, make_job):
     job = make_job(state="running", attempt=3, max_attempts=3,
-                   lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+                   lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
 
     async def go() -> None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
@@ -260,7 +260,7 @@ def test_rescue_on_the_last_attempt_moves_the_job_to_failed(db_url, pg_conn, mak
 
 
 def test_claim_order_is_priority_then_run_at_then_id_and_skips_paused_and_future(db_url, pg_conn, make_job):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     low = make_job(priority=2, run_at=now - timedelta(seconds=30))
     normal_old = make_job(priority=1, run_at=now - timedelta(seconds=20))
     normal_new = make_job(priority=1, run_at=now - timedelta(seconds=10))
