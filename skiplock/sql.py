@@ -28,7 +28,7 @@ def parse(text: str) -> dict[str, str]:
     """Split a file into {name: query}. Duplicate names are an error."""
     queries: dict[str, str] = {}
     matches = list(_NAME.finditer(text))
-    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+    for m, nxt in zip(matches, [*matches[1:], None], strict=False):
         body = text[m.end(): nxt.start() if nxt else len(text)].strip()
         lines = [ln for ln in body.splitlines() if not ln.lstrip().startswith("--")]
         query = "\n".join(lines).strip().rstrip(";").strip()
