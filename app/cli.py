@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -88,7 +89,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _url(settings: Settings) -> str:
-    return database_url(settings)[0]
+    """For one-shot commands: a cluster they had to start stays up for the next command."""
+    url, started = database_url(settings)
+    if started is not None:
+        print("skiplock: started the embedded PostgreSQL; `make stop-db` stops it", file=sys.stderr)
+    return url
+
+
+@contextmanager
+def _serving_database(settings: Settings) -> Iterator[str]:
+    """For long-running commands: the URL in use; an embedded cluster this command started
+    is migrated (it is ours alone) and stopped again on exit."""
+    url, started = database_url(settings)
+    try:
+        if not settings.database_url:
+            migrations.upgrade(url)
+        yield url
+    finally:
+        if started is not None:
+            started.stop()
 
 
 async def _with_conn(url: str, fn: Any) -> Any:
@@ -112,17 +131,18 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     load_tasks(settings)
-    worker = Worker(_url(settings), queues=args.queues or settings.queue_list,
-                    concurrency=args.concurrency or settings.concurrency, lease_seconds=settings.lease_seconds,
-                    poll_interval=settings.poll_interval, grace_seconds=settings.grace_seconds,
-                    rescue_interval=settings.rescue_interval, retention_seconds=settings.retention_seconds or None,
-                    burst=args.burst)
+    with _serving_database(settings) as url:
+        worker = Worker(url, queues=args.queues or settings.queue_list,
+                        concurrency=args.concurrency or settings.concurrency, lease_seconds=settings.lease_seconds,
+                        poll_interval=settings.poll_interval, grace_seconds=settings.grace_seconds,
+                        rescue_interval=settings.rescue_interval,
+                        retention_seconds=settings.retention_seconds or None, burst=args.burst)
 
-    async def go() -> None:
-        worker.install_signal_handlers()
-        await worker.run()
+        async def go() -> None:
+            worker.install_signal_handlers()
+            await worker.run()
 
-    asyncio.run(go())
+        asyncio.run(go())
     return 0
 
 
@@ -215,10 +235,10 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from .http import create_app, effective_host
 
     load_tasks(settings)
-    url = _url(settings)
-    settings = settings.model_copy(update={"database_url": url})
-    host = effective_host(settings, args.host or settings.host)
-    uvicorn.run(create_app(settings), host=host, port=args.port or settings.port, log_level="warning")
+    with _serving_database(settings) as url:
+        api_settings = settings.model_copy(update={"database_url": url})
+        host = effective_host(api_settings, args.host or settings.host)
+        uvicorn.run(create_app(api_settings), host=host, port=args.port or settings.port, log_level="warning")
     return 0
 
 
@@ -228,6 +248,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     url, started = database_url(settings)
     try:
         migrations.upgrade(url)
+        print(f"skiplock: schema at revision {migrations.head_revision()}", file=sys.stderr)
         env = dict(os.environ, DATABASE_URL=url)
         worker: subprocess.Popen[bytes] | None = None
         stop = False

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psycopg
+import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
@@ -141,8 +143,13 @@ class Worker:
                     await db.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
                                              pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
                 return
-            except Exception as exc:  # noqa: BLE001
-                emit("skiplock.worker.db_error", worker=self.id, during="register", error=str(exc).strip())
+            except Exception as exc:  # noqa: BLE001 - keep trying until the database is ready
+                error = str(exc).strip()
+                if isinstance(exc, psycopg.errors.UndefinedTable):
+                    error = "the database has no skiplock schema yet: run `skiplock migrate` (make migrate)"
+                emit("skiplock.worker.db_error", worker=self.id, during="register", error=error)
+                if self._stop_requested.is_set():
+                    return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
