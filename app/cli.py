@@ -238,8 +238,15 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     with _serving_database(settings) as url:
         api_settings = settings.model_copy(update={"database_url": url})
         host = effective_host(api_settings, args.host or settings.host)
+        # uvicorn re-raises the SIGTERM it caught once it has shut down; with this handler that
+        # becomes a clean exit, so our `finally` blocks (worker, embedded cluster) still run.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         uvicorn.run(create_app(api_settings), host=host, port=args.port or settings.port, log_level="warning")
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

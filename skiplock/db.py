@@ -13,17 +13,24 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from .job import ClaimedJob
 from .sql import q
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
 
-def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "skiplock") -> AsyncConnectionPool:
+def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "skiplock",
+              timeout: float = 30.0, check: bool = True) -> AsyncConnectionPool:
     """An unopened pool (open it with `await pool.open()`); connections are checked before use
-    so a restarted database costs one failed check, not a failed query."""
+    so a restarted database costs one failed check, not a failed query. `timeout` bounds the
+    wait for a connection (PoolTimeout after it). reconnect_timeout=0: no background retry
+    loop while the database is away; the next caller's request makes a new attempt.
+    `check=False` skips the check, a round trip on every checkout, for callers that retry
+    every query anyway (the worker)."""
     return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, name=name,
-                               check=AsyncConnectionPool.check_connection,
-                               kwargs={"autocommit": True}, reconnect_timeout=0)
+                               check=AsyncConnectionPool.check_connection if check else None, timeout=timeout,
+                               kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
+                               reconnect_timeout=0)
 
 
 async def set_correlation_id(conn: AsyncConn, correlation_id: str | None) -> None:
@@ -71,10 +78,27 @@ async def claim_batch(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] 
         "lease_seconds": lease_seconds, "now": now})
 
 
+def _claimed_job_row(cursor: Any) -> Any:
+    return lambda values: ClaimedJob(*values)
+
+
+async def claim_jobs(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
+                     lease_seconds: float, now: datetime | None = None) -> list[ClaimedJob]:
+    """claim_batch for the claim loop: rows straight into ClaimedJob (columns in field order),
+    without a dict per row."""
+    async with conn.cursor(row_factory=_claimed_job_row) as cur:
+        await cur.execute(q("claim_batch"), {
+            "worker_id": worker_id, "queues": list(queues) if queues else None, "limit": limit,
+            "lease_seconds": lease_seconds, "now": now})
+        rows: list[ClaimedJob] = await cur.fetchall()
+        return rows
+
+
 async def finish_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
-                              states: list[str], results: list[Jsonb | None], errors: list[str | None],
-                              run_ats: list[datetime | None], checkpoints: list[Jsonb | None],
-                              progresses: list[Jsonb | None], now: datetime | None = None) -> set[uuid.UUID]:
+                              states: list[str], results: list[Jsonb | None] | None, errors: list[str | None] | None,
+                              run_ats: list[datetime | None] | None, checkpoints: list[Jsonb | None] | None,
+                              progresses: list[Jsonb | None] | None, now: datetime | None = None) -> set[uuid.UUID]:
+    """Acknowledge outcomes (see the query). A column given as None is NULL for every row."""
     rows = await fetch_all(conn, "finish_many_if_held", {
         "worker_id": worker_id, "ids": ids, "attempts": attempts, "states": states, "results": results,
         "errors": errors, "run_ats": run_ats, "checkpoints": checkpoints, "progresses": progresses, "now": now})

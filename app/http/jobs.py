@@ -1,0 +1,179 @@
+"""/jobs: submit (one or many), inspect, list, cancel, retry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from skiplock import admin, db
+from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
+from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound
+from skiplock.job import STATES, check_queue, priority_value
+
+from .bodies import read_json, validate
+from .context import api, request_id
+from .schemas import BulkIn, BulkOut, HistoryEntry, JobDetail, JobIn, JobOut, JobPage
+
+
+def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json", headers=headers)
+
+
+def _spec(body: JobIn, key: str | None) -> JobSpec:
+    return JobSpec(task=body.task, args=body.args, queue=body.queue, priority=body.priority, run_at=body.run_at,
+                   delay=body.delay, max_attempts=body.max_attempts, timeout=body.timeout, idempotency_key=key,
+                   batch_id=body.batch_id)
+
+
+def _same_request(request: Request, row: dict[str, Any], body: JobIn) -> bool:
+    """Whether a repeated idempotent submission asks for the job that exists."""
+    t = api(request).registry.get(body.task)
+    wanted: dict[str, Any] = {"task": t.name, "args": t.validate(body.args), "queue": body.queue or t.queue}
+    if body.priority is not None:
+        wanted["priority"] = priority_value(body.priority)
+    if body.max_attempts is not None:
+        wanted["max_attempts"] = body.max_attempts
+    if body.timeout is not None:
+        wanted["timeout"] = body.timeout
+    return all(row.get(k) == v for k, v in wanted.items())
+
+
+async def submit(request: Request) -> Response:
+    """POST /jobs: 201 new job; 200 the same job for a repeated Idempotency-Key; 409 if the
+    key was used for a different job."""
+    state = api(request)
+    body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
+    header_key = request.headers.get("idempotency-key")
+    if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:
+        raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
+                           field="idempotency_key")
+    key = header_key if header_key is not None else body.idempotency_key
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidInput("Idempotency-Key must be 1-255 characters", field="idempotency_key")
+    queue = body.queue or state.registry.get(body.task).queue
+    async with state.pool.connection() as conn:
+        await state.check_room(conn, {queue: 1})
+        [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
+                                   max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+    out = JobOut.from_row(job.row)
+    if job.created:
+        return _json(out, 201, {"Location": f"/jobs/{out.id}"})
+    if not _same_request(request, job.row, body):
+        raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different job {out.id}",
+                                  field="idempotency_key", details={"job_id": str(out.id)})
+    return _json(out, 200, {"Location": f"/jobs/{out.id}"})
+
+
+async def submit_bulk(request: Request) -> Response:
+    """POST /jobs/bulk: all jobs in one transaction, or none (422 names the bad index)."""
+    state = api(request)
+    data = await read_json(request, state.settings.max_body_bytes)
+    limit = state.settings.max_bulk_jobs
+    if isinstance(data, dict) and isinstance(data.get("jobs"), list) and len(data["jobs"]) > limit:
+        raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
+                           details={"limit": limit})
+    body = validate(BulkIn, data)
+    queues: Counter[str] = Counter()
+    for i, j in enumerate(body.jobs):
+        try:
+            queues[j.queue or state.registry.get(j.task).queue] += 1
+        except InvalidInput as exc:
+            exc.details.update(index=i, field=f"jobs.{i}.task")
+            raise
+    async with state.pool.connection() as conn:
+        await state.check_room(conn, dict(queues))
+        jobs: list[Enqueued] = await enqueue_many(
+            conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
+            max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+    out = BulkOut(ids=[j.id for j in jobs], created=sum(1 for j in jobs if j.created))
+    return _json(out, 201)
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput(f"{raw!r} is not a job id (a UUID)", field="id") from None
+
+
+async def get_job(request: Request) -> Response:
+    state = api(request)
+    job_id = _job_id(request.path_params["job_id"])
+    async with state.pool.connection() as conn:
+        row = await db.get_job(conn, job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id}", field="id")
+        history = await db.get_history(conn, job_id)
+    out = JobDetail(**JobOut.from_row(row).model_dump(), history=[HistoryEntry(**h) for h in history])
+    return _json(out)
+
+
+def _cursor_encode(job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def _cursor_decode(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+async def list_jobs(request: Request) -> Response:
+    """GET /jobs: newest first; `next_cursor` continues with older jobs (keyset on the
+    time-ordered id, so inserts during paging never shift or repeat a page)."""
+    p = request.query_params
+    unknown = set(p) - {"queue", "state", "task", "batch", "limit", "cursor"}
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+    state_filter = p.get("state")
+    if state_filter is not None and state_filter not in STATES:
+        raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state", value=state_filter)
+    try:
+        limit = int(p.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 500:
+        raise InvalidInput("limit must be an integer from 1 to 500", field="limit")
+    queue = check_queue(p["queue"]) if "queue" in p else None
+    batch = None
+    if "batch" in p:
+        try:
+            batch = uuid.UUID(p["batch"])
+        except ValueError:
+            raise InvalidInput("batch must be a UUID", field="batch") from None
+    before = _cursor_decode(p["cursor"]) if "cursor" in p else None
+    async with api(request).pool.connection() as conn:
+        rows = await admin.list_jobs(conn, queue=queue, state=state_filter, task=p.get("task"), batch_id=batch,
+                                     before=before, limit=limit + 1)
+    jobs = [JobOut.from_row(r) for r in rows[:limit]]
+    next_cursor = _cursor_encode(jobs[-1].id) if len(rows) > limit else None
+    return _json(JobPage(jobs=jobs, next_cursor=next_cursor))
+
+
+async def _transition(request: Request, action: Any) -> Response:
+    state = api(request)
+    job_id = _job_id(request.path_params["job_id"])
+    async with state.pool.connection() as conn:
+        async with conn.transaction():
+            await db.set_correlation_id(conn, request_id(request))
+            await action(conn, job_id)
+        row = await db.get_job(conn, job_id)
+    assert row is not None
+    return _json(JobOut.from_row(row))
+
+
+async def cancel(request: Request) -> Response:
+    """POST /jobs/{id}/cancel: queued or running → cancelled; 409 otherwise."""
+    return await _transition(request, db.cancel_job)
+
+
+async def retry(request: Request) -> Response:
+    """POST /jobs/{id}/retry: failed or cancelled → queued with fresh attempts; 409 otherwise."""
+    return await _transition(request, db.retry_job)

@@ -1,0 +1,47 @@
+"""/health, /tasks and /openapi.json."""
+
+from __future__ import annotations
+
+import psycopg.errors
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app import migrate
+from skiplock import admin
+from skiplock.job import PRIORITY_NAMES, priority_value
+
+from .context import api
+from .errors import error_response
+from .openapi import spec
+from .schemas import Health, TaskList, TaskOut
+
+
+async def health(request: Request) -> Response:
+    """200 when the database answers and its schema is at this code's migration, else 503."""
+    expected = migrate.head_revision()
+    try:
+        async with api(request).pool.connection(timeout=3) as conn:
+            try:
+                revision = await admin.schema_revision(conn)
+            except psycopg.errors.UndefinedTable:
+                revision = None
+    except Exception as exc:  # noqa: BLE001 - any failure here is the answer "unhealthy"
+        return error_response(503, "database_unavailable", f"the database does not answer: {exc}".strip(),
+                              headers={"Retry-After": "5"})
+    if revision != expected:
+        return error_response(503, "schema_mismatch",
+                              f"the database schema is at {revision!r}, this code needs {expected!r}: "
+                              "run `skiplock migrate`", {"found": revision, "expected": expected})
+    return Response(Health(status="ok", database="ok", schema_revision=revision).model_dump_json(),
+                    media_type="application/json")
+
+
+async def tasks(request: Request) -> Response:
+    out = TaskList(tasks=[TaskOut(name=t.name, queue=t.queue, priority=PRIORITY_NAMES[priority_value(t.priority)],
+                                  max_attempts=t.max_attempts, timeout=t.timeout, args_schema=t.json_schema())
+                          for t in api(request).registry])
+    return Response(out.model_dump_json(), media_type="application/json")
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(spec())
