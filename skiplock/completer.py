@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -37,6 +38,7 @@ class Completer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fenced: list[uuid.UUID] = []
         self.acknowledged = 0
+        self.on_flush: Callable[[], None] | None = None  # the producer waits on full buffers
 
     # -- producers of work ------------------------------------------------------------------
     def add(self, outcome: Outcome) -> None:
@@ -53,6 +55,10 @@ class Completer:
         self._updates[(ctx.job_id, ctx.attempt)] = ctx
         self._idle.clear()
         self._wake.set()
+
+    @property
+    def pending_outcomes(self) -> int:
+        return len(self._outcomes)
 
     @property
     def pending(self) -> int:
@@ -91,6 +97,8 @@ class Completer:
                 try:
                     await self.run_once()
                     failures = 0
+                    if self.on_flush is not None:
+                        self.on_flush()
                 except (psycopg.Error, OSError) as exc:
                     failures += 1
                     emit("skiplock.worker.db_error", worker=self.worker_id, during="acknowledge",
@@ -120,10 +128,10 @@ class Completer:
                 changed = await db.finish_many_if_held(
                     conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
                     attempts=[o.attempt for o in batch], states=[o.state for o in batch],
-                    results=[db.jsonb(o.result) for o in batch], errors=[o.error for o in batch],
-                    run_ats=[o.run_at for o in batch],
-                    checkpoints=[db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch],
-                    progresses=[db.jsonb(o.progress) for o in batch])
+                    results=_column([db.jsonb(o.result) for o in batch]), errors=_column([o.error for o in batch]),
+                    run_ats=_column([o.run_at for o in batch]),
+                    checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
+                    progresses=_column([db.jsonb(o.progress) for o in batch]))
                 del self._outcomes[:len(batch)]
                 written = len(batch)
                 self.acknowledged += len(changed)
@@ -136,3 +144,13 @@ class Completer:
 
     def snapshot(self) -> dict[str, Any]:
         return {"pending": self.pending, "acknowledged": self.acknowledged, "fenced": len(self.fenced)}
+
+
+def _column(values: list[Any]) -> list[Any] | None:
+    """A column of the acknowledgement, or None when every value is NULL (no-op jobs: no
+    result, error, checkpoint or progress). unnest() pads a NULL array with NULLs, and
+    sending nothing saves psycopg from dumping thousands of NULLs per flush."""
+    for v in values:
+        if v is not None:
+            return values
+    return None

@@ -107,14 +107,19 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
         try:
             rows.append(_resolve(spec, reg, max_args_bytes, now))
         except SkiplockError as exc:
-            exc.details["index"] = i
-            exc.message = f"job {i}: {exc.message}" if len(specs) > 1 else exc.message
-            exc.args = (exc.message,)
+            if len(specs) > 1:
+                exc.details["index"] = i
+                exc.message = f"job {i}: {exc.message}"
+                exc.args = (exc.message,)
             raise
     try:
         if not conn.autocommit:
             # The caller's transaction (psycopg opens one implicitly): they commit or roll back.
             return await _insert(conn, rows, correlation_id)
+        if not correlation_id and len(rows) == 1 and rows[0]["idempotency_key"] is None:
+            # One INSERT (its trigger writes the history) is atomic on its own: BEGIN and
+            # COMMIT would add two round trips to the one that does the work.
+            return [await _insert_one(conn, rows[0])]
         async with conn.transaction():
             return await _insert(conn, rows, correlation_id)
     except psycopg.Error as exc:

@@ -5,6 +5,7 @@ the poll interval. Database errors never end it: it backs off and tries again.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import db
 from .completer import Completer
 from .context import JobContext
-from .events import emit
+from .events import emit, log
 from .executor import Outcome, execute
 from .job import ClaimedJob
 from .tasks import TaskRegistry
@@ -55,12 +56,35 @@ class Producer:
         self.failed = 0
         self.retried = 0
         self._failures = 0
+        self.ack_backlog = max(2 * concurrency, 1000)
+        self._held_back = False
+        self._maybe_more = True
+        completer.on_flush = self._acks_flushed
 
     def notify(self, _queue: str = "") -> None:
+        """New jobs may be ready (a NOTIFY, or the listener reconnected): look now."""
+        self._maybe_more = True
         self.wakeup.set()
+
+    def _slot_freed(self) -> None:
+        # A freed slot is worth a claim only if the last claim filled every slot (more may be
+        # waiting); otherwise the next NOTIFY or poll finds new jobs. Claiming on every freed
+        # slot ran an empty claim after each job of an idle worker.
+        if self._maybe_more:
+            self.wakeup.set()
+
+    def _acks_flushed(self) -> None:
+        if self._held_back:
+            self.wakeup.set()
 
     @property
     def free_slots(self) -> int:
+        """Execution slots free to claim into. Outcomes still waiting to be acknowledged count
+        too once there are more than one flush can take: without that back-pressure a claim
+        loop faster than the database's acknowledgements piles up unconfirmed work."""
+        self._held_back = self.completer.pending_outcomes >= self.ack_backlog
+        if self._held_back:
+            return 0
         return self.concurrency - len(self.running)
 
     async def run_once(self) -> int:
@@ -69,19 +93,23 @@ class Producer:
         if free <= 0:
             return 0
         async with self.pool.connection() as conn:
-            rows = await db.claim_batch(conn, worker_id=self.worker_id, queues=self.queues, limit=free,
-                                        lease_seconds=self.lease_seconds)
-        for row in rows:
-            self._start(ClaimedJob(**row))
-        self.claimed += len(rows)
-        return len(rows)
+            jobs = await db.claim_jobs(conn, worker_id=self.worker_id, queues=self.queues, limit=free,
+                                       lease_seconds=self.lease_seconds)
+        self._maybe_more = len(jobs) == free
+        debug = log.isEnabledFor(logging.DEBUG)
+        for job in jobs:
+            self._start(job, debug)
+        self.claimed += len(jobs)
+        return len(jobs)
 
-    def _start(self, job: ClaimedJob) -> None:
+    def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
                          on_update=self.completer.update)
-        emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
-        task = asyncio.create_task(self._execute(job, ctx), name=f"skiplock.job.{job.id}")
+        if debug:
+            emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
+        # One shared name: formatting the job id into each task's name cost more than the no-op job.
+        task = asyncio.create_task(self._execute(job, ctx), name="skiplock.job")
         self.running[job.id] = Running(job, ctx, task)
 
     async def _execute(self, job: ClaimedJob, ctx: JobContext) -> None:
@@ -93,15 +121,18 @@ class Producer:
             current = self.running.get(job.id)
             if current is not None and current.job.attempt == job.attempt:
                 del self.running[job.id]
-            self.wakeup.set()
+            self._slot_freed()
         self._record(outcome)
         self.completer.add(outcome)
 
     def _record(self, o: Outcome) -> None:
+        if o.state == "succeeded":
+            self.succeeded += 1
+            if not log.isEnabledFor(logging.DEBUG):  # the hot path: no event to build
+                return
         fields: dict[str, Any] = {"job_id": o.job_id, "task": o.task, "attempt": o.attempt,
                                   "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1)}
         if o.state == "succeeded":
-            self.succeeded += 1
             emit("skiplock.job.completed", **fields)
         elif o.state == "queued":
             self.retried += 1

@@ -84,7 +84,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         loop.set_default_executor(ThreadPoolExecutor(max_workers=self.concurrency,
                                                      thread_name_prefix="skiplock-sync"))
-        self.pool = pool = db.make_pool(self.url, min_size=2, max_size=4, name=f"skiplock-worker-{self.id}")
+        # No check on checkout: it cost a round trip per claim and per flush (~0.6 ms of each
+        # pickup); every worker query is retried after a failure, on a fresh connection.
+        self.pool = pool = db.make_pool(self.url, min_size=2, max_size=4, name=f"skiplock-worker-{self.id}",
+                                        check=False)
         await pool.open()
         self.completer = completer = Completer(pool, self.id)
         heartbeat_ref: list[Heartbeat] = []

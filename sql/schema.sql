@@ -135,37 +135,50 @@ ALTER TABLE skiplock.workers SET (autovacuum_vacuum_scale_factor = 0.0, autovacu
 -- Refuses any state change the contract does not allow, and writes each transition to
 -- the history in the same statement (set-based: one INSERT per UPDATE statement, not per row).
 -- The correlation id comes from the transaction-local setting skiplock.correlation_id.
-CREATE FUNCTION skiplock.jobs_after_update_v1() RETURNS trigger
+-- v2: one hash join of the transition tables per statement, read three times. v1 joined them
+-- three times, once under LIMIT 1, where the planner chose a nested loop that cost a million
+-- comparisons for a statement of 1,000 rows (a claim or an acknowledgement batch).
+CREATE FUNCTION skiplock.jobs_after_update_v2() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  bad record;
+  bad_id uuid;
+  bad_old skiplock.job_state;
+  bad_new skiplock.job_state;
+  wake text[];
   q text;
 BEGIN
-  SELECT o.id, o.state AS old_state, n.state AS new_state INTO bad
-    FROM old_jobs o JOIN new_jobs n ON n.id = o.id
-   WHERE NOT skiplock.transition_allowed(o.state, n.state)
-   LIMIT 1;
-  IF FOUND THEN
-    RAISE EXCEPTION 'skiplock: job % cannot go from % to %', bad.id, bad.old_state, bad.new_state
+  WITH t AS MATERIALIZED (
+    SELECT n.id, o.state AS old_state, n.state AS new_state, o.attempt AS old_attempt, n.attempt,
+           coalesce(n.worker_id, o.worker_id) AS worker_id, n.last_error, n.queue, n.run_at
+      FROM old_jobs o JOIN new_jobs n ON n.id = o.id
+  ), history AS (
+    INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
+    SELECT t.id, t.new_state, t.attempt, t.worker_id,
+           CASE WHEN t.old_state = 'running' AND t.new_state IN ('queued', 'failed') THEN t.last_error END,
+           nullif(current_setting('skiplock.correlation_id', true), '')
+      FROM t
+     WHERE t.new_state <> t.old_state OR t.attempt <> t.old_attempt
+  )
+  -- A job back in queued (retry, rescue, release, operator's retry) that is due now
+  -- wakes a sleeping worker, once per queue.
+  SELECT b.id, b.old_state, b.new_state, w.queues INTO bad_id, bad_old, bad_new, wake
+    FROM (SELECT array_agg(DISTINCT t.queue) AS queues FROM t
+           WHERE t.new_state = 'queued' AND t.old_state <> 'queued' AND t.run_at <= now()) w
+    LEFT JOIN LATERAL (SELECT t.id, t.old_state, t.new_state FROM t
+                        WHERE NOT skiplock.transition_allowed(t.old_state, t.new_state) LIMIT 1) b ON true;
+  IF bad_id IS NOT NULL THEN
+    RAISE EXCEPTION 'skiplock: job % cannot go from % to %', bad_id, bad_old, bad_new
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
-  INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
-  SELECT n.id, n.state, n.attempt,
-         coalesce(n.worker_id, o.worker_id),
-         CASE WHEN o.state = 'running' AND n.state IN ('queued', 'failed') THEN n.last_error END,
-         nullif(current_setting('skiplock.correlation_id', true), '')
-    FROM old_jobs o JOIN new_jobs n ON n.id = o.id
-   WHERE n.state <> o.state OR n.attempt <> o.attempt;
-  -- A job back in queued (retry, rescue, release, operator's retry) that is due now:
-  -- wake a sleeping worker, once per queue.
-  FOR q IN SELECT DISTINCT n.queue FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-            WHERE n.state = 'queued' AND o.state <> 'queued' AND n.run_at <= now() LOOP
-    BEGIN
-      PERFORM pg_notify('skiplock_jobs', q);
-    EXCEPTION WHEN OTHERS THEN
-      NULL;
-    END;
-  END LOOP;
+  IF wake IS NOT NULL THEN
+    FOREACH q IN ARRAY wake LOOP
+      BEGIN
+        PERFORM pg_notify('skiplock_jobs', q);
+      EXCEPTION WHEN OTHERS THEN
+        NULL;
+      END;
+    END LOOP;
+  END IF;
   RETURN NULL;
 END
 $$;
@@ -193,7 +206,7 @@ $$;
 
 CREATE TRIGGER jobs_after_update AFTER UPDATE ON skiplock.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_update_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_update_v2();
 
 CREATE TRIGGER jobs_after_insert AFTER INSERT ON skiplock.jobs
     REFERENCING NEW TABLE AS new_jobs
