@@ -88,9 +88,13 @@ async def submit_bulk(request: Request) -> Response:
             raise
     async with state.pool.connection() as conn:
         await state.check_room(conn, dict(queues))
-        jobs: list[Enqueued] = await enqueue_many(
-            conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
-            max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+        try:
+            jobs: list[Enqueued] = await enqueue_many(
+                conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
+                max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+        except InvalidInput as exc:
+            exc.details.setdefault("index", 0)  # a bulk of one names its index too
+            raise
     out = BulkOut(ids=[j.id for j in jobs], created=sum(1 for j in jobs if j.created))
     return _json(out, 201)
 
