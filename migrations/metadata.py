@@ -47,6 +47,7 @@ jobs = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
+    Column("attempt_base", Integer, nullable=False),
 )
 
 job_history = Table(

@@ -64,7 +64,8 @@ UPDATE skiplock.jobs j
        started_at = coalesce(%(now)s, now())
  WHERE j.id = ANY (ARRAY(SELECT id FROM claimed))  -- primary-key probes (a join became a
    AND EXISTS (SELECT FROM no_flush_wait)            -- hash join over the whole table)
-RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts, j.timeout,
+RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
+          j.timeout,
           j.checkpoint, j.run_at, j.created_at;
 
 -- name: finish_many_if_held
@@ -144,12 +145,12 @@ WITH expired AS (
        FOR UPDATE SKIP LOCKED
 )
 UPDATE skiplock.jobs j
-   SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'queued' END::skiplock.job_state,
+   SET state = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN 'failed' ELSE 'queued' END::skiplock.job_state,
        last_error = format('lease expired: worker %%s stopped renewing it during attempt %%s', j.worker_id, j.attempt),
        worker_id = NULL,
        lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
-       finished_at = CASE WHEN j.attempt >= j.max_attempts THEN coalesce(%(now)s, now()) END
+       finished_at = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN coalesce(%(now)s, now()) END
   FROM expired
  WHERE j.id = expired.id
 RETURNING j.id, j.state, j.attempt;

@@ -54,12 +54,17 @@ CREATE TABLE skiplock.jobs (
     created_at       timestamptz         NOT NULL DEFAULT now(),
     started_at       timestamptz,
     finished_at      timestamptz,
+    -- Attempts used before the last operator retry (skiplock.retry): attempt keeps counting up
+    -- for the whole life of a job, so (id, attempt) names one claim forever and stays a safe
+    -- fence; the job fails once attempt - attempt_base reaches max_attempts.
+    attempt_base     integer             NOT NULL DEFAULT 0,
     CONSTRAINT jobs_pkey PRIMARY KEY (id),
     CONSTRAINT jobs_task_format CHECK (task ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
     CONSTRAINT jobs_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
     CONSTRAINT jobs_priority_range CHECK (priority BETWEEN 0 AND 2),
     CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT jobs_attempt_nonnegative CHECK (attempt >= 0),
+    CONSTRAINT jobs_attempt_base_range CHECK (attempt_base BETWEEN 0 AND attempt),
     CONSTRAINT jobs_timeout_positive CHECK (timeout IS NULL OR timeout > 0),
     CONSTRAINT jobs_idempotency_key_length CHECK (idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 255),
     -- A running job always has a holder and a lease; nothing else has one.
@@ -268,6 +273,8 @@ END
 $$;
 
 -- Put a failed or cancelled job back in the queue, to run now with a fresh set of attempts.
+-- The attempt counter is not reset (it is the fencing token of every claim); the attempts
+-- used so far move into attempt_base instead.
 CREATE FUNCTION skiplock.retry(job_id uuid) RETURNS skiplock.job_state
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -282,7 +289,7 @@ BEGIN
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
   UPDATE skiplock.jobs j
-     SET state = 'queued', attempt = 0, run_at = now(), finished_at = NULL, result = NULL
+     SET state = 'queued', attempt_base = j.attempt, run_at = now(), finished_at = NULL, result = NULL
    WHERE j.id = job_id;
   RETURN 'queued';
 END

@@ -54,8 +54,10 @@ class JobOut(BaseModel):
     queue: str
     priority: Priority
     state: StateName
-    attempt: int
-    max_attempts: int
+    attempt: int = Field(description="Claims so far over the job's life (never reset)")
+    max_attempts: int = Field(description="Attempts allowed per round; a retry starts a new round")
+    attempt_base: int = Field(description="Attempts used before the last retry; the job fails once "
+                                          "attempt - attempt_base reaches max_attempts")
     run_at: datetime
     timeout: float | None
     idempotency_key: str | None

@@ -34,7 +34,7 @@ def test_every_transition_is_written_to_history_in_the_same_statement(pg_conn):
     rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_history "
                            "WHERE job_id=%s ORDER BY id", (job,)).fetchall()
     assert rows == [("queued", 0, None, None), ("running", 1, "w", None), ("queued", 1, "w", "boom"),
-                    ("cancelled", 1, None, None), ("queued", 0, None, None)]
+                    ("cancelled", 1, None, None), ("queued", 1, None, None)]
 
 
 def test_sql_enqueue_validates_and_is_idempotent_per_queue(pg_conn):
@@ -63,7 +63,9 @@ def test_sql_retry_and_cancel_refuse_wrong_states(pg_conn, make_job):
     pg_conn.rollback()
     failed = make_job(state="failed", attempt=3)
     assert pg_conn.execute("SELECT skiplock.retry(%s)", (failed,)).fetchone()[0] == "queued"
-    assert pg_conn.execute("SELECT attempt FROM skiplock.jobs WHERE id=%s", (failed,)).fetchone()[0] == 0
+    # the attempt counter never resets (it fences claims); the used attempts move to attempt_base
+    assert pg_conn.execute("SELECT attempt, attempt_base FROM skiplock.jobs WHERE id=%s",
+                           (failed,)).fetchone() == (3, 3)
 
 
 def test_views_show_stats_dead_letter_and_stuck_jobs(pg_conn, make_job):

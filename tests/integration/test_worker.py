@@ -126,11 +126,16 @@ def test_a_failing_job_retries_then_fails_into_dead_letter_and_sql_retry_revives
     dead = pg_conn.execute("SELECT id FROM skiplock.dead_letter").fetchall()
     assert dead == [(job,)]
     pg_conn.execute("SELECT skiplock.retry(%s)", (job,))
-    pg_conn.execute("UPDATE skiplock.jobs SET args = '{\"fail_times\": 1}' WHERE id = %s", (job,))
+    pg_conn.commit()
+    run(drain(db_url, reg))
+    row = job_row(pg_conn, job)  # a full fresh round of 4 attempts, counted on from 4
+    assert (row["state"], row["attempt"], row["attempt_base"]) == ("failed", 8, 4)
+    pg_conn.execute("SELECT skiplock.retry(%s)", (job,))
+    pg_conn.execute("UPDATE skiplock.jobs SET args = '{\"fail_times\": 9}' WHERE id = %s", (job,))
     pg_conn.commit()
     run(drain(db_url, reg))
     row = job_row(pg_conn, job)
-    assert (row["state"], row["result"]) == ("succeeded", 2)
+    assert (row["state"], row["result"]) == ("succeeded", 10)
 
 
 def test_retry_delays_grow_exponentially():
@@ -294,3 +299,29 @@ def test_worker_only_takes_its_queues(db_url, pg_conn, reg):
     mine, other = run(go())
     assert job_row(pg_conn, mine)["state"] == "succeeded"
     assert job_row(pg_conn, other)["state"] == "queued"
+
+
+def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db_url, pg_conn, reg):
+    """Cancel a running job, retry it, and let the same worker claim it again: the first run's
+    late answer must not be taken for the second (the attempt counter never resets)."""
+    async def go() -> uuid.UUID:
+        job = await submit(db_url, reg, "echo", {"message": "x"})
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            [first] = await db.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            await db.cancel_job(conn, job)
+            await db.retry_job(conn, job)
+            [second] = await db.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            assert second["attempt"] == first["attempt"] + 1
+
+            def ack(attempt: int, by: str) -> Any:
+                return db.finish_many_if_held(
+                    conn, worker_id="W", ids=[job], attempts=[attempt], states=["succeeded"],
+                    results=[db.jsonb({"by": by})], errors=[None], run_ats=[None], checkpoints=[None],
+                    progresses=[None])
+
+            assert await ack(first["attempt"], "first") == set()
+            assert await ack(second["attempt"], "second") == {job}
+        return job
+
+    row = job_row(pg_conn, run(go()))
+    assert (row["state"], row["result"]) == ("succeeded", {"by": "second"})
