@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-import zipfile
 import subprocess
 import sys
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
