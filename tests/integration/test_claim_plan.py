@@ -1,0 +1,121 @@
+"""The hot path's plans stay index scans on a large table full of dead tuples, whatever the
+statistics say: the claim reads jobs_claim_idx in claim order (never the whole table), and an
+acknowledgement probes the primary key once per job (never a scan of jobs per input row).
+Checked as a custom plan (parameters known) and as the generic plan a prepared statement
+falls back to after five runs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from skiplock.sql import q
+
+QUEUED = 30_000
+FINISHED = 150_000
+CHURNED = 15_000  # claimed and acknowledged (dead index entries at the head of jobs_claim_idx)
+
+CLAIM_PARAMS: dict[str, Any] = {"worker_id": "w", "queues": None, "limit": 100, "lease_seconds": 30.0,
+                                "now": None}
+
+
+def walk(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from walk(child)
+
+
+def explain(conn: psycopg.Connection[Any], query: str, params: Any) -> list[dict[str, Any]]:
+    row = conn.execute(f"EXPLAIN (FORMAT JSON) {query}", params).fetchone()
+    assert row is not None
+    return list(walk(row[0][0]["Plan"]))
+
+
+def explain_generic(conn: psycopg.Connection[Any], name: str, query: str,
+                    params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The plan a prepared statement uses once PostgreSQL settles on a generic plan."""
+    order: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in order:
+            order.append(m.group(1))
+        return f"${order.index(m.group(1)) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", number, query)
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute(f"PREPARE {name} AS {text}")
+    try:
+        values = ", ".join("NULL" if params[k] is None else f"'{_literal(params[k])}'" for k in order)
+        row = conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({values})").fetchone()
+        assert row is not None
+        return list(walk(row[0][0]["Plan"]))
+    finally:
+        conn.execute(f"DEALLOCATE {name}")
+        conn.execute("RESET plan_cache_mode")
+
+
+def _literal(v: Any) -> str:
+    if isinstance(v, list):
+        return "{" + ",".join(str(x) for x in v) + "}"
+    return str(v)
+
+
+def scans_of_jobs(nodes: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
+    return [(n["Node Type"], n.get("Index Name")) for n in nodes
+            if n.get("Relation Name") == "jobs" and n["Node Type"] != "ModifyTable"]
+
+
+@pytest.fixture
+def churned(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A big jobs table: finished jobs, a queued backlog, and the dead tuples of many claims
+    and acknowledgements that no vacuum has removed."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("ALTER TABLE skiplock.jobs SET (autovacuum_enabled = false)")
+        c.execute("ALTER TABLE skiplock.jobs DISABLE TRIGGER jobs_after_insert")  # history is not the point here
+        c.execute("INSERT INTO skiplock.jobs (task, state, finished_at) "
+                  "SELECT 'noop', 'succeeded', now() FROM generate_series(1, %s)", (FINISHED,))
+        c.execute("INSERT INTO skiplock.jobs (task, priority) SELECT 'noop', (g %% 3)::smallint "
+                  "FROM generate_series(1, %s) g", (QUEUED + CHURNED,))
+        c.execute("ALTER TABLE skiplock.jobs ENABLE TRIGGER jobs_after_insert")
+        c.execute("ANALYZE skiplock.jobs")  # statistics from before any job ran, as after a bulk load
+        for _ in range(CHURNED // 1000):
+            claimed = c.execute(q("claim_batch"), dict(CLAIM_PARAMS, limit=1000)).fetchall()
+            ids: list[uuid.UUID] = [r[0] for r in claimed]
+            c.execute(q("finish_many_if_held"), {
+                "worker_id": "w", "ids": ids, "attempts": [r[5] for r in claimed], "states": ["succeeded"] * len(ids),
+                "results": None, "errors": None, "run_ats": None, "checkpoints": None, "progresses": None,
+                "now": None})
+        churn = c.execute("SELECT count(*) FROM skiplock.jobs WHERE attempt = 1 AND state = 'succeeded'").fetchone()
+        assert churn == (CHURNED,)  # each left two dead versions behind (queued, running)
+        yield c
+
+
+def test_claim_reads_the_partial_index_in_order_on_a_big_churned_table(churned):
+    for nodes in (explain(churned, q("claim_batch"), CLAIM_PARAMS),
+                  explain_generic(churned, "claim", q("claim_batch"), CLAIM_PARAMS)):
+        scans = scans_of_jobs(nodes)
+        assert ("Index Scan", "jobs_claim_idx") in scans, scans
+        assert all(kind != "Seq Scan" for kind, _ in scans), scans
+        assert not any(n["Node Type"] == "Sort" for n in nodes), "the claim order must come from the index"
+        # the UPDATE finds the claimed rows by primary key, not by scanning the table
+        assert ("Index Scan", "jobs_pkey") in scans, scans
+    churned.execute("ANALYZE skiplock.jobs")  # and with statistics that know about the churn
+    scans = scans_of_jobs(explain(churned, q("claim_batch"), CLAIM_PARAMS))
+    assert ("Index Scan", "jobs_claim_idx") in scans, scans
+    assert all(kind != "Seq Scan" for kind, _ in scans), scans
+
+
+def test_acknowledgement_probes_the_primary_key_whatever_the_statistics(churned):
+    claimed = churned.execute(q("claim_batch"), dict(CLAIM_PARAMS, limit=1000)).fetchall()
+    params = {"worker_id": "w", "ids": [r[0] for r in claimed], "attempts": [r[5] for r in claimed],
+              "states": ["succeeded"] * len(claimed), "results": None, "errors": None, "run_ats": None,
+              "checkpoints": None, "progresses": None, "now": None}
+    for nodes in (explain(churned, q("finish_many_if_held"), params),
+                  explain_generic(churned, "finish", q("finish_many_if_held"), params)):
+        scans = scans_of_jobs(nodes)
+        assert scans == [("Index Scan", "jobs_pkey")], scans
