@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,7 @@ class JobContext:
         self.checkpoint = checkpoint
         self.worker_id = worker_id
         self._on_update = on_update
-        self._cancelled = threading.Event()
+        self._cancelled = False  # set from the event loop, read from any thread: a plain flag
         self.pending_progress: dict[str, Any] | None = None
         self.pending_checkpoint: Any = None
         self.has_checkpoint = False
@@ -37,14 +36,14 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once the job was cancelled (or the worker is shutting down past its grace period)."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def raise_if_cancelled(self) -> None:
-        if self._cancelled.is_set():
+        if self._cancelled:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
     def mark_cancelled(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress: 0-100 and an optional message."""

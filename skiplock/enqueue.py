@@ -112,29 +112,21 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
                 exc.message = f"job {i}: {exc.message}"
                 exc.args = (exc.message,)
             raise
+    # One INSERT statement stores every job or none (its trigger writes the history in the
+    # same statement), so no explicit transaction is needed: on an autocommit connection it
+    # is its own transaction, otherwise it joins the caller's, who commits or rolls back.
+    # The lookups of existing jobs for repeated idempotency keys only read.
+    cid = correlation_id[:200] if correlation_id else None
     try:
-        if not conn.autocommit:
-            # The caller's transaction (psycopg opens one implicitly): they commit or roll back.
-            return await _insert(conn, rows, correlation_id)
-        if not correlation_id and len(rows) == 1 and rows[0]["idempotency_key"] is None:
-            # One INSERT (its trigger writes the history) is atomic on its own: BEGIN and
-            # COMMIT would add two round trips to the one that does the work.
-            return [await _insert_one(conn, rows[0])]
-        async with conn.transaction():
-            return await _insert(conn, rows, correlation_id)
+        if len(rows) == 1:
+            return [await _insert_one(conn, rows[0], cid)]
+        return await _insert_many(conn, rows, cid)
     except psycopg.Error as exc:
         raise translate(exc) from exc
 
 
-async def _insert(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None) -> list[Enqueued]:
-    await db.set_correlation_id(conn, correlation_id)
-    if len(rows) == 1:
-        return [await _insert_one(conn, rows[0])]
-    return await _insert_many(conn, rows)
-
-
-async def _insert_one(conn: db.AsyncConn, row: dict[str, Any]) -> Enqueued:
-    params = dict(row, args=db.jsonb(row["args"]))
+async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None) -> Enqueued:
+    params = dict(row, args=db.jsonb(row["args"]), correlation_id=correlation_id)
     inserted = await db.fetch_one(conn, "insert_job", params)
     if inserted is not None:
         return Enqueued(inserted, True)
@@ -143,9 +135,10 @@ async def _insert_one(conn: db.AsyncConn, row: dict[str, Any]) -> Enqueued:
     return Enqueued(existing, False)
 
 
-async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]]) -> list[Enqueued]:
+async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None
+                       ) -> list[Enqueued]:
     cols = {k: [r[k] for r in rows] for k in rows[0]}
-    inserted = await db.fetch_all(conn, "insert_jobs", {
+    inserted = await db.fetch_all(conn, "insert_jobs", {"correlation_id": correlation_id,
         "ids": cols["id"], "tasks": cols["task"], "args": [db.jsonb(a) for a in cols["args"]],
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],

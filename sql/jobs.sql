@@ -4,15 +4,28 @@
 -- name: insert_job
 -- One job. With an idempotency key already used in the queue nothing is inserted and
 -- nothing is returned; the caller then reads the existing row (find_by_idempotency_key).
+-- One statement is atomic on its own, so no BEGIN/COMMIT: the correlation id for the
+-- history rows is set inside it (the `tag` CTE runs before the AFTER trigger that reads it).
+WITH tag AS (
+    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
+                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END
+)
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
                            idempotency_key, batch_id)
-VALUES (%(id)s, %(task)s, %(args)s, %(queue)s, %(priority)s, coalesce(%(run_at)s, now()),
-        %(max_attempts)s, %(timeout)s, %(idempotency_key)s, %(batch_id)s)
+SELECT %(id)s::uuid, %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::smallint,
+       coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s::int, %(timeout)s::float8,
+       %(idempotency_key)s::text, %(batch_id)s::uuid
+  FROM tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- name: insert_jobs
--- Many jobs in one statement; returns the ids actually inserted (conflicts are skipped).
+-- Many jobs in one statement (all or none); returns the ids actually inserted (conflicts are
+-- skipped). The correlation id is set inside the statement, as in insert_job.
+WITH tag AS (
+    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
+                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END
+)
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
                            idempotency_key, batch_id)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
@@ -20,7 +33,8 @@ SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.m
   FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
               %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(max_attempts)s::int[],
               %(timeouts)s::float8[], %(idempotency_keys)s::text[], %(batch_ids)s::uuid[])
-       AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id)
+       AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id),
+       tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
