@@ -25,10 +25,22 @@ async def set_max_waiting(conn: AsyncConn, name: str, max_waiting: int | None) -
     return await fetch_one(conn, "set_max_waiting", {"name": name, "max_waiting": max_waiting})
 
 
-async def queue_room(conn: AsyncConn, queue: str) -> tuple[int, int] | None:
-    """(max_waiting, waiting) for a queue with a limit, else None."""
-    row = await fetch_one(conn, "queue_room", {"queue": queue})
-    return None if row is None else (int(row["max_waiting"]), int(row["waiting"]))
+async def lock_limited_queues(conn: AsyncConn, queues: list[str]) -> dict[str, int]:
+    """{queue: max_waiting} for those of `queues` with a limit, their rows locked until the
+    transaction ends (call inside one)."""
+    rows = await fetch_all(conn, "lock_limited_queues", {"queues": queues})
+    return {str(r["name"]): int(r["max_waiting"]) for r in rows}
+
+
+async def count_waiting_in(conn: AsyncConn, queues: list[str]) -> dict[str, int]:
+    """{queue: waiting jobs}; a queue with none is absent."""
+    rows = await fetch_all(conn, "count_waiting_in", {"queues": queues})
+    return {str(r["queue"]): int(r["waiting"]) for r in rows}
+
+
+async def find_by_idempotency_key(conn: AsyncConn, queue: str, key: str) -> dict[str, Any] | None:
+    """The job submitted to `queue` with this idempotency key, if any."""
+    return await fetch_one(conn, "find_by_idempotency_key", {"queue": queue, "idempotency_key": key})
 
 
 async def schema_revision(conn: AsyncConn) -> str | None:

@@ -104,8 +104,8 @@ def translate(exc: psycopg.Error) -> SkiplockError:
         return kind(primary.removeprefix("skiplock: "), field=field)
     if isinstance(exc, psycopg.errors.NoDataFound):
         return JobNotFound(primary.removeprefix("skiplock: "))
-    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.errors.InvalidTextRepresentation
-                  | psycopg.errors.NumericValueOutOfRange | psycopg.errors.UntranslatableCharacter):
+    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.DataError):
+        # SQLSTATE class 22 (bad text, numbers out of range, NUL characters...): the input's fault
         return InvalidInput(primary.removeprefix("skiplock: "))
     if isinstance(exc, psycopg.OperationalError):
         return DatabaseUnavailable(f"database unavailable: {primary}")

@@ -77,7 +77,11 @@ class Task:
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` and return them as JSON-ready data (what is stored)."""
-        return self.model_instance(args).model_dump(mode="json")
+        instance = self.model_instance(args)
+        try:
+            return instance.model_dump(mode="json")
+        except ValueError as exc:  # e.g. "Maximum serialization depth exceeded"
+            raise InvalidArguments(f"args of task {self.name!r} cannot be stored: {exc}", field="args") from None
 
     def model_instance(self, args: Any) -> BaseModel:
         if not isinstance(args, dict):

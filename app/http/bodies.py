@@ -15,6 +15,10 @@ from .errors import PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_DEPTH = 64
+"""Deepest JSON nesting accepted in a body. Deeper input would hit recursion limits in the
+parser, in pydantic's serializer or in json.dumps (500 instead of 422); no job needs it."""
+
 
 async def read_json(request: Request, limit: int) -> Any:
     size = 0
@@ -27,10 +31,31 @@ async def read_json(request: Request, limit: int) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise InvalidInput("the request body is empty; send a JSON object", field="body")
+    too_deep = InvalidInput(f"the request body is nested deeper than {MAX_DEPTH} levels", field="body",
+                            details={"limit": MAX_DEPTH})
     try:
-        return json.loads(raw, parse_constant=_no_constants)
+        data = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise too_deep from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}", field="body") from None
+    if _deeper_than(data, MAX_DEPTH):
+        raise too_deep
+    return data
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether JSON containers nest more than `limit` deep (iterative, like the check it guards)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children)
+    return False
 
 
 def _no_constants(name: str) -> Any:

@@ -67,6 +67,8 @@ def status_of(exc: SkiplockError) -> int:
 
 async def skiplock_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SkiplockError)
+    if type(exc) is SkiplockError and isinstance(exc.__cause__, psycopg.DataError):
+        exc = _bad_data(exc.__cause__)
     status = status_of(exc)
     headers = {"Retry-After": RETRY_AFTER[type(exc)]} if type(exc) in RETRY_AFTER else None
     if status == 401:
@@ -78,8 +80,21 @@ async def database_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg.OperationalError):
         log.warning("database unavailable: %s", exc)
         return await skiplock_error(request, DatabaseUnavailable("the database is unavailable; retry later"))
+    if isinstance(exc, psycopg.DataError):
+        return await skiplock_error(request, _bad_data(exc))
     assert isinstance(exc, psycopg.Error)
     return await skiplock_error(request, translate(exc))
+
+
+def _bad_data(exc: psycopg.DataError) -> SkiplockError:
+    """A value PostgreSQL cannot hold (SQLSTATE class 22, or refused by psycopg before sending,
+    such as a NUL character): the client's input, not a server fault. Routes validate what
+    they can first, so that the 422 names the field; this is the net under them."""
+    translated = translate(exc)
+    if isinstance(translated, InvalidInput):
+        return translated
+    diag = getattr(exc, "diag", None)
+    return InvalidInput((diag.message_primary if diag else None) or str(exc))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

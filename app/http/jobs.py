@@ -13,8 +13,8 @@ from starlette.responses import Response
 
 from skiplock import admin, db
 from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
-from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound
-from skiplock.job import STATES, check_queue, priority_value
+from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
+from skiplock.job import STATES, check_queue, check_task_name, priority_value
 
 from .bodies import read_json, validate
 from .context import api, request_id
@@ -32,7 +32,10 @@ def _spec(body: JobIn, key: str | None) -> JobSpec:
 
 
 def _same_request(request: Request, row: dict[str, Any], body: JobIn) -> bool:
-    """Whether a repeated idempotent submission asks for the job that exists."""
+    """Whether a repeated idempotent submission asks for the job that exists. Options the
+    request leaves unset are not compared: a task's defaults may change between deploys, and
+    a retried request must still find its job. `delay` is relative to each request's own
+    time, so it is not compared either."""
     t = api(request).registry.get(body.task)
     wanted: dict[str, Any] = {"task": t.name, "args": t.validate(body.args), "queue": body.queue or t.queue}
     if body.priority is not None:
@@ -41,6 +44,10 @@ def _same_request(request: Request, row: dict[str, Any], body: JobIn) -> bool:
         wanted["max_attempts"] = body.max_attempts
     if body.timeout is not None:
         wanted["timeout"] = body.timeout
+    if body.run_at is not None:
+        wanted["run_at"] = body.run_at
+    if body.batch_id is not None:
+        wanted["batch_id"] = body.batch_id
     return all(row.get(k) == v for k, v in wanted.items())
 
 
@@ -54,13 +61,22 @@ async def submit(request: Request) -> Response:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidInput("Idempotency-Key must be 1-255 characters", field="idempotency_key")
+    if key is not None and (not 1 <= len(key) <= 255 or "\x00" in key):
+        raise InvalidInput("Idempotency-Key must be 1-255 characters, without NUL", field="idempotency_key")
     queue = body.queue or state.registry.get(body.task).queue
-    async with state.pool.connection() as conn:
-        await state.check_room(conn, {queue: 1})
-        [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
-                                   max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+    async with state.connection() as conn:
+        try:
+            async with state.reserve(conn, {queue: 1}):
+                [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
+                                           max_args_bytes=state.settings.max_args_bytes,
+                                           correlation_id=request_id(request))
+        except QueueFull:
+            # A client repeating a request whose answer it lost gets its job back (or a 409),
+            # not a 429: the job it asks for is already stored and needs no room.
+            existing = await admin.find_by_idempotency_key(conn, queue, key) if key is not None else None
+            if existing is None:
+                raise
+            job = Enqueued(existing, False)
     out = JobOut.from_row(job.row)
     if job.created:
         return _json(out, 201, {"Location": f"/jobs/{out.id}"})
@@ -86,12 +102,12 @@ async def submit_bulk(request: Request) -> Response:
         except InvalidInput as exc:
             exc.details.update(index=i, field=f"jobs.{i}.task")
             raise
-    async with state.pool.connection() as conn:
-        await state.check_room(conn, dict(queues))
+    async with state.connection() as conn:
         try:
-            jobs: list[Enqueued] = await enqueue_many(
-                conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
-                max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+            async with state.reserve(conn, dict(queues)):
+                jobs: list[Enqueued] = await enqueue_many(
+                    conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
+                    max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
         except InvalidInput as exc:
             exc.details.setdefault("index", 0)  # a bulk of one names its index too
             raise
@@ -109,7 +125,7 @@ def _job_id(raw: str) -> uuid.UUID:
 async def get_job(request: Request) -> Response:
     state = api(request)
     job_id = _job_id(request.path_params["job_id"])
-    async with state.pool.connection() as conn:
+    async with state.connection() as conn:
         row = await db.get_job(conn, job_id)
         if row is None:
             raise JobNotFound(f"no job {job_id}", field="id")
@@ -146,6 +162,7 @@ async def list_jobs(request: Request) -> Response:
     if not 1 <= limit <= 500:
         raise InvalidInput("limit must be an integer from 1 to 500", field="limit")
     queue = check_queue(p["queue"]) if "queue" in p else None
+    task = check_task_name(p["task"]) if "task" in p else None
     batch = None
     if "batch" in p:
         try:
@@ -153,8 +170,8 @@ async def list_jobs(request: Request) -> Response:
         except ValueError:
             raise InvalidInput("batch must be a UUID", field="batch") from None
     before = _cursor_decode(p["cursor"]) if "cursor" in p else None
-    async with api(request).pool.connection() as conn:
-        rows = await admin.list_jobs(conn, queue=queue, state=state_filter, task=p.get("task"), batch_id=batch,
+    async with api(request).connection() as conn:
+        rows = await admin.list_jobs(conn, queue=queue, state=state_filter, task=task, batch_id=batch,
                                      before=before, limit=limit + 1)
     jobs = [JobOut.from_row(r) for r in rows[:limit]]
     next_cursor = _cursor_encode(jobs[-1].id) if len(rows) > limit else None
@@ -164,7 +181,7 @@ async def list_jobs(request: Request) -> Response:
 async def _transition(request: Request, action: Any) -> Response:
     state = api(request)
     job_id = _job_id(request.path_params["job_id"])
-    async with state.pool.connection() as conn:
+    async with state.connection() as conn:
         async with conn.transaction():
             await db.set_correlation_id(conn, request_id(request))
             await action(conn, job_id)

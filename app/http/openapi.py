@@ -16,9 +16,12 @@ ERRORS = {
     404: "Unknown id or route",
     409: "The job's state forbids this, or the idempotency key was used for a different job",
     413: "Request body too large (SKIPLOCK_MAX_BODY_BYTES)",
-    422: "Invalid input; details.field names the field at fault",
-    429: "The queue holds its maximum of waiting jobs (Retry-After)",
-    503: "The database is unreachable (Retry-After)",
+    422: "Invalid input; details.field names the field at fault (a bulk item also details.index). "
+         "Also: JSON nested deeper than 64 levels, NUL characters, run_at outside years 1-9999",
+    429: "The queue holds its maximum of waiting jobs (Retry-After); a repeat of an idempotent "
+         "submission still gets its job",
+    503: "The database is unreachable (Retry-After): the first request of an outage within the pool "
+         "timeout (5 s), later ones within about 1 s",
 }
 
 

@@ -18,14 +18,14 @@ def _json(model: QueueList | QueueState) -> Response:
 
 
 async def list_queues(request: Request) -> Response:
-    async with api(request).pool.connection() as conn:
+    async with api(request).connection() as conn:
         rows = await admin.queue_overview(conn)
     return _json(QueueList(queues=[QueueOut(**r) for r in rows]))
 
 
 async def _set_paused(request: Request, paused: bool) -> Response:
     name = check_queue(request.path_params["name"], field="name")
-    async with api(request).pool.connection() as conn:
+    async with api(request).connection() as conn:
         row = await db.set_paused(conn, name, paused)
     assert row is not None
     return _json(QueueState(**row))
@@ -45,7 +45,7 @@ async def set_limits(request: Request) -> Response:
     state = api(request)
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
-    async with state.pool.connection() as conn:
+    async with state.connection() as conn:
         row = await admin.set_max_waiting(conn, name, body.max_waiting)
     state.forget_limits()
     assert row is not None

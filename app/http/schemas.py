@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from skiplock.job import PRIORITY_NAMES
 
@@ -14,8 +14,29 @@ Priority = Literal["high", "normal", "low"]
 StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
+NO_NUL = r"^[^\x00]*$"
+"""PostgreSQL cannot store NUL characters in text or jsonb: refuse them as bad input."""
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string or key of a JSON value (iterative: nesting
+    depth is the client's choice)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 class JobIn(Strict):
@@ -29,9 +50,25 @@ class JobIn(Strict):
     delay: float | None = Field(default=None, ge=0, le=366 * 86400, description="Seconds from now")
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
     timeout: float | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds per attempt")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255,
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
                                         description="Same as the Idempotency-Key header")
     batch_id: uuid.UUID | None = None
+
+    @field_validator("args")
+    @classmethod
+    def _args_storable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if _has_nul(v):
+            raise ValueError("must not contain NUL (\\u0000) characters, which PostgreSQL cannot store")
+        return v
+
+    @field_validator("run_at")
+    @classmethod
+    def _run_at_in_range(cls, v: datetime | None) -> datetime | None:
+        # Years 1-9999 in UTC: what both Python and PostgreSQL can hold.
+        try:
+            return None if v is None else v.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is out of range (years 1-9999 in UTC)") from None
 
 
 class BulkIn(Strict):

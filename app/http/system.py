@@ -20,7 +20,7 @@ async def health(request: Request) -> Response:
     """200 when the database answers and its schema is at this code's migration, else 503."""
     expected = migrate.head_revision()
     try:
-        async with api(request).pool.connection(timeout=3) as conn:
+        async with api(request).connection(wait=3) as conn:
             try:
                 revision = await admin.schema_revision(conn)
             except psycopg.errors.UndefinedTable:

@@ -1,6 +1,6 @@
-"""The API through a PostgreSQL outage, as real processes: 503 while the database is down,
-answered within the pool timeout; the same server accepts jobs again once it is back; no job
-answered 201 is missing."""
+"""The API through a PostgreSQL outage, as real processes: 503 while the database is down
+(the first request within the pool timeout, every later one within about a second); the same
+server accepts jobs again once it is back; no job answered 201 is missing."""
 
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def test_api_answers_503_while_postgres_is_down_and_recovers_without_restart(tmp
             outage = [post_job(base, 100 + i) for i in range(5)]
             assert [s for s, _, _ in outage] == [503] * 5, outage
             assert all(b["error"]["code"] == "database_unavailable" for _, b, _ in outage)  # type: ignore[index]
-            assert max(t for _, _, t in outage) < 10  # the pool timeout is 5 s
+            waits = [t for _, _, t in outage]
+            assert waits[0] < 8, waits  # the first one finds out: up to the 5 s pool timeout
+            assert max(waits[1:]) < 2, waits  # the rest know the database is down (OUTAGE_WAIT 1 s)
             health = urllib.request.Request(f"{base}/health")
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(health, timeout=10)  # noqa: S310
@@ -77,8 +79,8 @@ def test_api_answers_503_while_postgres_is_down_and_recovers_without_restart(tmp
         with psycopg.connect(url) as c:
             stored = {str(r[0]) for r in c.execute("SELECT id FROM skiplock.jobs").fetchall()}
         assert set(accepted) <= stored, "a job answered 201 is missing"
-        print(f"\noutage: 503 in <= {max(t for _, _, t in outage):.2f}s; accepting again {recovered:.2f}s "
-              f"after PostgreSQL was back; {len(accepted)} accepted jobs all stored")
+        print(f"\noutage: first 503 in {waits[0]:.2f}s, then <= {max(waits[1:]):.2f}s; accepting again "
+              f"{recovered:.2f}s after PostgreSQL was back; {len(accepted)} accepted jobs all stored")
     finally:
         cluster.destroy()
 

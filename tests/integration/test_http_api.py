@@ -17,6 +17,9 @@ from app.http import create_app, effective_host
 from app.settings import Settings
 
 TOKEN = "s3cret-token"
+NESTED_500: dict[str, Any] = {}
+for _ in range(500):
+    NESTED_500 = {"a": NESTED_500}
 
 
 def make_client(db_url: str, **settings: Any) -> TestClient:
@@ -62,6 +65,11 @@ def test_submit_inspect_and_history_with_request_id(client: TestClient):
     ({"task": "echo", "args": "not an object"}, "args"),
     ({"task": "echo", "args": {"message": "x" * 300_000}}, "args"),
     ([1, 2], "body"),
+    # values PostgreSQL cannot hold: refused up front, naming the field, never a 500
+    ({"task": "echo", "args": {"message": "nul\x00"}}, "args"),
+    ({"task": "echo", "args": {"message": "x"}, "idempotency_key": "nul\x00"}, "idempotency_key"),
+    ({"task": "echo", "args": {"message": "x"}, "run_at": "0001-01-01T00:00:00+14:00"}, "run_at"),
+    ({"task": "webhook", "args": {"url": "http://x", "payload": NESTED_500}}, "body"),
 ])
 def test_bad_input_is_422_naming_the_field_and_stores_nothing(client: TestClient, db_url: str, body: Any, field: str):
     e = err(client.post("/jobs", json=body), 422)
@@ -140,6 +148,7 @@ def test_list_filters_and_cursor_pages_stay_correct_while_jobs_are_inserted(clie
     assert len(client.get("/jobs", params={"state": "queued"}).json()["jobs"]) == 9
     for params, field in [({"state": "nope"}, "state"), ({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"),
                           ({"cursor": "!!"}, "cursor"), ({"batch": "x"}, "batch"), ({"queue": "A B"}, "queue"),
+                          ({"task": "nul\x00"}, "task"),
                           ({"colour": "red"}, "colour")]:
         assert err(client.get("/jobs", params=params), 422)["details"]["field"] == field
 

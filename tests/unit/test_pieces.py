@@ -87,3 +87,17 @@ def test_the_wheel_ships_the_sql_files_and_migrations(tmp_path: Path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"skiplock/_sql/jobs.sql", "skiplock/_sql/schema.sql", "migrations/env.py",
             "migrations/versions/0001_initial.py"} <= names
+
+
+def test_args_too_deeply_nested_to_store_are_invalid_arguments():
+    reg = TaskRegistry()
+
+    @task(name="deep", registry=reg)
+    def deep(data: Any) -> None: ...
+
+    nested: Any = 1
+    for _ in range(2000):
+        nested = [nested]
+    with pytest.raises(InvalidArguments) as info:
+        reg.get("deep").validate({"data": nested})
+    assert info.value.field == "args"
