@@ -51,8 +51,11 @@ bench: $(STAMP) ## throughput and latency beside the raw-SQL floor (writes bench
 bench-peers: $(STAMP) ## the same workloads with PgQueuer and Procrastinate
 	$(PY) -m bench --peers
 
-chaos: $(STAMP) ## crash, outage and race scenarios with real processes
-	$(PY) -m pytest tests/acceptance -m slow -v
+chaos: $(STAMP) ## crash, outage and race scenarios with real processes (long forms; `make test` runs short ones)
+	SKIPLOCK_CHAOS=long $(PY) -m pytest tests/acceptance/chaos -v
+
+soak: $(STAMP) ## steady load for SOAK_MINUTES (10): throughput, pickup latency, dead tuples, table size
+	$(PY) -m bench.soak
 
 lint: $(STAMP) ## ruff and mypy (strict)
 	$(VENV)/bin/ruff check skiplock app tests bench migrations

@@ -119,7 +119,7 @@ class Producer:
             return  # cancelled, rescued or released: whoever did that owns the row now
         finally:
             current = self.running.get(job.id)
-            if current is not None and current.job.attempt == job.attempt:
+            if current is not None and current.task is asyncio.current_task():  # only our own entry
                 del self.running[job.id]
             self._slot_freed()
         self._record(outcome)

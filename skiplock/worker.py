@@ -86,8 +86,11 @@ class Worker:
                                                      thread_name_prefix="skiplock-sync"))
         # No check on checkout: it cost a round trip per claim and per flush (~0.6 ms of each
         # pickup); every worker query is retried after a failure, on a fresh connection.
+        # A short pool timeout: while the database is away every service is waiting in the pool,
+        # and the pool (reconnect_timeout=0) makes a new connection attempt only for a new
+        # request; each timed-out request is retried, so recovery follows within seconds.
         self.pool = pool = db.make_pool(self.url, min_size=2, max_size=4, name=f"skiplock-worker-{self.id}",
-                                        check=False)
+                                        check=False, timeout=min(5.0, self.lease_seconds / 4))
         await pool.open()
         self.completer = completer = Completer(pool, self.id)
         heartbeat_ref: list[Heartbeat] = []
