@@ -3,7 +3,7 @@
 v1 joined OLD and NEW three times per UPDATE statement, once under LIMIT 1, where the
 planner chose a nested loop: a claim or acknowledgement of 1,000 jobs cost a million
 comparisons (~200 ms). v2 materialises one hash join and reads it three times.
-Measured in bench/ (docs/performance.md).
+Measured with `make bench` (README, Performance).
 
 Revision ID: 0002
 Revises: 0001
