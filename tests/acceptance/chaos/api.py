@@ -23,7 +23,7 @@ class HealthProbe(threading.Thread):
         self.halt = threading.Event()
 
     def run(self) -> None:
-        import httpx
+        import httpx2 as httpx
 
         with httpx.Client(base_url=self.base, timeout=5) as client:
             while not self.halt.is_set():

@@ -161,7 +161,7 @@ class ApiProc:
         self.proc = start(["api", "--port", str(self.port)], worker_env(url, **settings), self.log)
 
     def wait_ready(self, timeout: float = 60) -> None:
-        import httpx
+        import httpx2 as httpx
 
         def ready() -> bool:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]

@@ -70,13 +70,13 @@ class HttpSubmit:
     """`POST /jobs` to the API process; 201 is accepted, 503 refused, anything else an error."""
 
     def __init__(self, base: str, task: str = "chaos.work") -> None:
-        import httpx
+        import httpx2 as httpx
 
         self.task = task
         self.client = httpx.Client(base_url=base, timeout=10)
 
     def __call__(self, args: dict[str, Any]) -> Answer:
-        import httpx
+        import httpx2 as httpx
 
         try:
             resp = self.client.post("/jobs", json={"task": self.task, "args": args})

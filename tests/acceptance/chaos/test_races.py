@@ -104,7 +104,7 @@ def test_identical_idempotency_keys_over_http(chaos_url: str, make_fleet: Callab
     """8 clients POST /jobs with the same Idempotency-Key at the same instant, for 30 keys, to a
     real API process: per key exactly one 201, seven 200s naming the same job, never a 5xx;
     one job per key, run once."""
-    import httpx
+    import httpx2 as httpx
 
     keys = [f"http-{i}" for i in range(30)]
     barrier = threading.Barrier(THREADS)
