@@ -13,7 +13,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,3 +180,20 @@ class Cluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextmanager
+def scratch_database(prefix: str = "skiplock-scratch-") -> Iterator[tuple[Cluster, str]]:
+    """A throwaway cluster of its own on a free port, with a `skiplock` database migrated to
+    head: for tests, the soak and the bench, which may crash or restart it freely."""
+    from app import migrate
+
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix=prefix)), port=free_port())
+    cluster.start()
+    try:
+        cluster.create_database("skiplock")
+        url = cluster.url("skiplock")
+        migrate.upgrade(url)
+        yield cluster, url
+    finally:
+        cluster.destroy()

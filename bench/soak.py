@@ -37,7 +37,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from app import migrate
-from app.embedded_pg import Cluster, free_port
+from app.embedded_pg import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 LAG = 2.0  # seconds: a window is read this long after it closes, so late commits are in it
@@ -86,15 +86,8 @@ def database(url: str | None) -> Iterator[str]:
         migrate.upgrade(url)
         yield url
         return
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="skiplock-soak-")), port=free_port())
-    cluster.start()
-    try:
-        cluster.create_database("skiplock")
-        url = cluster.url("skiplock")
-        migrate.upgrade(url)
-        yield url
-    finally:
-        cluster.destroy()
+    with scratch_database("skiplock-soak-") as (_, scratch_url):
+        yield scratch_url
 
 
 class Submitter(threading.Thread):

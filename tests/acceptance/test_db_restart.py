@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import signal
-import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from app import migrate
-from app.embedded_pg import Cluster, free_port
+from app.embedded_pg import scratch_database
 from tests.acceptance.procs import counts, skiplock_env, start, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def test_worker_survives_a_postgres_restart(tmp_path: Path):
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="skiplock-restart-")), port=free_port())
-    cluster.start()
-    try:
-        cluster.create_database("skiplock")
-        url = cluster.url("skiplock")
-        migrate.upgrade(url)
+    with scratch_database("skiplock-restart-") as (cluster, url):
 
         def submit(n: int) -> None:
             with psycopg.connect(url, autocommit=True) as c:
@@ -43,5 +36,3 @@ def test_worker_survives_a_postgres_restart(tmp_path: Path):
         assert counts(url) == {"succeeded": 40}
         log = (tmp_path / "worker.log").read_text()
         assert "skiplock.worker.db_error" in log  # it noticed, and carried on
-    finally:
-        cluster.destroy()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import migrate
-from app.embedded_pg import Cluster, free_port
+from app.embedded_pg import free_port, scratch_database
 from tests.acceptance.procs import skiplock_env, start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -34,14 +32,9 @@ def post_job(base: str, i: int) -> tuple[int, dict[str, object], float]:
 
 
 def test_api_answers_503_while_postgres_is_down_and_recovers_without_restart(tmp_path: Path):
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="skiplock-outage-")), port=free_port())
-    cluster.start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        cluster.create_database("skiplock")
-        url = cluster.url("skiplock")
-        migrate.upgrade(url)
+    with scratch_database("skiplock-outage-") as (cluster, url):
         api = start(["api", "--port", str(port)], skiplock_env(url), tmp_path / "api.log")
         accepted: list[str] = []
         try:
@@ -81,8 +74,6 @@ def test_api_answers_503_while_postgres_is_down_and_recovers_without_restart(tmp
         assert set(accepted) <= stored, "a job answered 201 is missing"
         print(f"\noutage: first 503 in {waits[0]:.2f}s, then <= {max(waits[1:]):.2f}s; accepting again "
               f"{recovered:.2f}s after PostgreSQL was back; {len(accepted)} accepted jobs all stored")
-    finally:
-        cluster.destroy()
 
 
 def _up(base: str) -> bool:

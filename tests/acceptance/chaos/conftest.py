@@ -10,15 +10,13 @@ in a "chaos scenarios" section at the end of the pytest run.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app import migrate
-from app.embedded_pg import Cluster, free_port
+from app.embedded_pg import Cluster, scratch_database
 from tests.acceptance.chaos.dbq import create_ledger
 from tests.acceptance.chaos.fleet import Fleet
 from tests.acceptance.chaos.ledger import Audit
@@ -81,16 +79,9 @@ def chaos_url(db_url: str) -> str:
 def private_cluster() -> Iterator[tuple[Cluster, str]]:
     """A PostgreSQL cluster of this test's own, migrated, with the ledger: one a scenario
     may restart or crash without touching the server other tests use."""
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="skiplock-chaos-")), port=free_port())
-    cluster.start()
-    try:
-        cluster.create_database("skiplock")
-        url = cluster.url("skiplock")
-        migrate.upgrade(url)
+    with scratch_database("skiplock-chaos-") as (cluster, url):
         create_ledger(url)
         yield cluster, url
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture
