@@ -142,10 +142,6 @@ class Completer:
                              worker=self.worker_id, reason="no longer held by this attempt; answer ignored")
         return written
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"pending": self.pending, "acknowledged": self.acknowledged, "fenced": len(self.fenced)}
-
-
 def _column(values: list[Any]) -> list[Any] | None:
     """A column of the acknowledgement, or None when every value is NULL (no-op jobs: no
     result, error, checkpoint or progress). unnest() pads a NULL array with NULLs, and

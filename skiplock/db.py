@@ -71,20 +71,13 @@ async def get_history(conn: AsyncConn, job_id: uuid.UUID) -> list[dict[str, Any]
     return await fetch_all(conn, "get_history", {"id": job_id})
 
 
-async def claim_batch(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
-                      lease_seconds: float, now: datetime | None = None) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "claim_batch", {
-        "worker_id": worker_id, "queues": list(queues) if queues else None, "limit": limit,
-        "lease_seconds": lease_seconds, "now": now})
-
-
 def _claimed_job_row(cursor: Any) -> Any:
     return lambda values: ClaimedJob(*values)
 
 
 async def claim_jobs(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
                      lease_seconds: float, now: datetime | None = None) -> list[ClaimedJob]:
-    """claim_batch for the claim loop: rows straight into ClaimedJob (columns in field order),
+    """The claim_batch query: rows straight into ClaimedJob (columns in field order),
     without a dict per row."""
     async with conn.cursor(row_factory=_claimed_job_row) as cur:
         await cur.execute(q("claim_batch"), {

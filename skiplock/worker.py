@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import psycopg
 import psycopg.errors
@@ -192,10 +191,6 @@ class Worker:
                 emit("skiplock.worker.db_error", worker=self.id, during="release", error=str(exc).strip())
                 await asyncio.sleep(min(0.2 * 2**attempt, 5))
 
-    def stats(self) -> dict[str, Any]:
-        p = self.producer
-        return {} if p is None else {"claimed": p.claimed, "succeeded": p.succeeded, "failed": p.failed,
-                                     "retried": p.retried, "running": len(p.running)}
 
 
 class _Summary(PeriodicService):

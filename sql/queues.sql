@@ -8,12 +8,6 @@ INSERT INTO skiplock.queues (name, paused) VALUES (%(name)s, %(paused)s)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = now()
 RETURNING name, paused, max_waiting;
 
--- name: get_queue
-SELECT name, paused, max_waiting FROM skiplock.queues WHERE name = %(name)s;
-
--- name: count_waiting
-SELECT count(*) AS waiting FROM skiplock.jobs WHERE queue = %(queue)s AND state = 'queued';
-
 -- name: count_ready
 -- Jobs due now in the given queues (NULL: all); an index-only count on jobs_claim_idx.
 SELECT count(*) AS ready FROM skiplock.jobs

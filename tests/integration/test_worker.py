@@ -228,21 +228,21 @@ def test_a_late_answer_from_a_rescued_attempt_changes_nothing(db_url, pg_conn, r
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "x"})
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            [a] = await db.claim_batch(conn, worker_id="A", queues=None, limit=10, lease_seconds=1)
+            [a] = await db.claim_jobs(conn, worker_id="A", queues=None, limit=10, lease_seconds=1)
             later = datetime.now(UTC) + timedelta(seconds=5)
             rescued = await db.rescue_expired(conn, now=later)
             assert [r["id"] for r in rescued] == [job]
-            [b] = await db.claim_batch(conn, worker_id="B", queues=None, limit=10, lease_seconds=30, now=later)
-            assert b["attempt"] == a["attempt"] + 1
+            [b] = await db.claim_jobs(conn, worker_id="B", queues=None, limit=10, lease_seconds=30, now=later)
+            assert b.attempt == a.attempt + 1
             done_b = await db.finish_many_if_held(
-                conn, worker_id="B", ids=[job], attempts=[b["attempt"]], states=["succeeded"],
+                conn, worker_id="B", ids=[job], attempts=[b.attempt], states=["succeeded"],
                 results=[db.jsonb({"by": "B"})], errors=[None], run_ats=[None], checkpoints=[None], progresses=[None])
             late_a = await db.finish_many_if_held(
-                conn, worker_id="A", ids=[job], attempts=[a["attempt"]], states=["failed"],
+                conn, worker_id="A", ids=[job], attempts=[a.attempt], states=["failed"],
                 results=[None], errors=["late"], run_ats=[None], checkpoints=[None], progresses=[None])
             assert done_b == {job} and late_a == set()
             # A's lease renewal is fenced too
-            assert await db.extend_leases_if_held(conn, worker_id="A", ids=[job], attempts=[a["attempt"]],
+            assert await db.extend_leases_if_held(conn, worker_id="A", ids=[job], attempts=[a.attempt],
                                                   lease_seconds=30) == set()
         return job
 
@@ -277,8 +277,8 @@ def test_claim_order_is_priority_then_run_at_then_id_and_skips_paused_and_future
 
     async def go() -> list[uuid.UUID]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            rows = await db.claim_batch(conn, worker_id="w", queues=None, limit=10, lease_seconds=30)
-            return [r["id"] for r in rows]
+            rows = await db.claim_jobs(conn, worker_id="w", queues=None, limit=10, lease_seconds=30)
+            return [r.id for r in rows]
 
     claimed = run(go())
     assert sorted(claimed, key=claimed.index) == claimed
@@ -307,11 +307,11 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "x"})
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            [first] = await db.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            [first] = await db.claim_jobs(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
             await db.cancel_job(conn, job)
             await db.retry_job(conn, job)
-            [second] = await db.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
-            assert second["attempt"] == first["attempt"] + 1
+            [second] = await db.claim_jobs(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            assert second.attempt == first.attempt + 1
 
             def ack(attempt: int, by: str) -> Any:
                 return db.finish_many_if_held(
@@ -319,8 +319,8 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
                     results=[db.jsonb({"by": by})], errors=[None], run_ats=[None], checkpoints=[None],
                     progresses=[None])
 
-            assert await ack(first["attempt"], "first") == set()
-            assert await ack(second["attempt"], "second") == {job}
+            assert await ack(first.attempt, "first") == set()
+            assert await ack(second.attempt, "second") == {job}
         return job
 
     row = job_row(pg_conn, run(go()))

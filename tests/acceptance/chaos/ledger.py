@@ -9,9 +9,8 @@ finished and with what the handlers recorded in `chaos.ledger`.
 - stale: a succeeded job whose stored result came from an older attempt than the last one
   that claimed it, i.e. a late acknowledgement overwrote a newer attempt (fencing failed);
 - lost_claims: executions of a claim the database no longer has (more handler starts for a
-  (job, attempt, worker) than `running` rows in the history). Claims commit with
-  synchronous_commit off (sql/jobs.sql: claim_batch), so a server crash may forget a claim
-  whose handler already started; the job is claimed and run again. Only a crash may cause it.
+  (job, attempt, worker) than `running` rows in the history). Claims commit durably, so
+  this should stay 0; it is counted to prove it (a forgotten claim would reuse its fence).
 """
 
 from __future__ import annotations
