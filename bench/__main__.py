@@ -38,7 +38,13 @@ def machine() -> dict[str, Any]:
             "postgres": pg, "os": platform.platform(), "load_before": os.getloadavg()}
 
 
+ONLY: set[str] = set()
+"""Workloads chosen with --only (empty: all). The floor always runs: every ratio needs it."""
+
+
 def step(results: dict[str, Any], name: str, fn: Any) -> Any:
+    if ONLY and name not in ONLY and name != "floor":
+        return {}
     t = time.monotonic()
     print(f"bench: {name} ...", file=sys.stderr, flush=True)
     try:
@@ -138,11 +144,18 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="also run PgQueuer and Procrastinate (bench/.peers-venv)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (enqueue, http, drain, latency, "
+                   "backlog, queues, memory), beside the floor; results.json is not written")
     args = p.parse_args()
+    if args.only:
+        ONLY.update(x.strip() for x in args.only.split(",") if x.strip())
     if args.table:
         print(report.table(json.loads(Path(args.table).read_text())))
         return
     results = run(args)
+    if ONLY:
+        print(report.table(results))
+        return
     RESULTS.write_text(json.dumps(results, indent=2, default=str))
     print(report.table(results))
     print(f"\nbench: wrote {RESULTS.relative_to(ROOT)}; worker and server logs in {results['logs']}")

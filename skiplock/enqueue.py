@@ -98,9 +98,13 @@ async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | N
 
 async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry: TaskRegistry | None = None,
                        max_args_bytes: int = MAX_ARGS_BYTES, correlation_id: str | None = None,
-                       now: datetime | None = None) -> list[Enqueued]:
+                       now: datetime | None = None, defer_notify: bool = False) -> list[Enqueued]:
     """Submit many jobs in one transaction: all are stored or none. A bad item raises
-    InvalidInput with `details["index"]` naming it."""
+    InvalidInput with `details["index"]` naming it.
+
+    `defer_notify=True` stores the jobs without waking sleeping workers: the caller promises
+    to wake them after its transaction commits (skiplock.wakeup.Wakeups does). Use it only
+    when many transactions submit at once; see skiplock/wakeup.py."""
     reg = registry if registry is not None else default_registry
     rows: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
@@ -119,14 +123,15 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
     cid = correlation_id[:200] if correlation_id else None
     try:
         if len(rows) == 1:
-            return [await _insert_one(conn, rows[0], cid)]
-        return await _insert_many(conn, rows, cid)
+            return [await _insert_one(conn, rows[0], cid, defer_notify)]
+        return await _insert_many(conn, rows, cid, defer_notify)
     except psycopg.Error as exc:
         raise translate(exc) from exc
 
 
-async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None) -> Enqueued:
-    params = dict(row, args=db.jsonb(row["args"]), correlation_id=correlation_id)
+async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None,
+                      defer_notify: bool) -> Enqueued:
+    params = dict(row, args=db.jsonb(row["args"]), correlation_id=correlation_id, defer_notify=defer_notify)
     inserted = await db.fetch_one(conn, "insert_job", params)
     if inserted is not None:
         return Enqueued(inserted, True)
@@ -135,11 +140,12 @@ async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: s
     return Enqueued(existing, False)
 
 
-async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None
-                       ) -> list[Enqueued]:
+async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None,
+                       defer_notify: bool) -> list[Enqueued]:
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     inserted = await db.fetch_all(conn, "insert_jobs", {"correlation_id": correlation_id,
-        "ids": cols["id"], "tasks": cols["task"], "args": [db.jsonb(a) for a in cols["args"]],
+        "defer_notify": defer_notify, "ids": cols["id"], "tasks": cols["task"],
+        "args": [db.jsonb(a) for a in cols["args"]],
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
         "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"]})

@@ -19,6 +19,7 @@ _LEVELS = {
     "skiplock.worker.stopped": logging.INFO,
     "skiplock.worker.summary": logging.INFO,
     "skiplock.worker.db_error": logging.WARNING,
+    "skiplock.api.db_error": logging.WARNING,
 }
 
 

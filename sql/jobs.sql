@@ -5,10 +5,14 @@
 -- One job. With an idempotency key already used in the queue nothing is inserted and
 -- nothing is returned; the caller then reads the existing row (find_by_idempotency_key).
 -- One statement is atomic on its own, so no BEGIN/COMMIT: the correlation id for the
--- history rows is set inside it (the `tag` CTE runs before the AFTER trigger that reads it).
+-- history rows is set inside it (the `tag` CTE runs before the AFTER trigger that reads it),
+-- and so is skiplock.notify = 'deferred' when the caller wakes the workers itself after the
+-- commit (wake_queues; the HTTP API does, see skiplock/wakeup.py).
 WITH tag AS (
     SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END
+                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
+           CASE WHEN %(defer_notify)s::boolean
+                THEN set_config('skiplock.notify', 'deferred', true) END
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
                            idempotency_key, batch_id)
@@ -24,7 +28,9 @@ RETURNING *;
 -- skipped). The correlation id is set inside the statement, as in insert_job.
 WITH tag AS (
     SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END
+                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
+           CASE WHEN %(defer_notify)s::boolean
+                THEN set_config('skiplock.notify', 'deferred', true) END
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
                            idempotency_key, batch_id)
@@ -37,6 +43,12 @@ SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.m
        tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
+
+-- name: wake_queues
+-- Wake workers sleeping on these queues; sent after the jobs' commit by a submitter that
+-- deferred the insert trigger's NOTIFY. Its own transaction writes nothing, so its commit
+-- does not wait for a WAL flush and holds the notify lock only briefly.
+SELECT pg_notify('skiplock_jobs', q) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_by_idempotency_key
 SELECT * FROM skiplock.jobs WHERE queue = %(queue)s AND idempotency_key = %(idempotency_key)s;

@@ -188,7 +188,12 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION skiplock.jobs_after_insert_v1() RETURNS trigger
+-- v2: a submitter that wakes the workers itself after its commit (the HTTP API, see
+-- skiplock/wakeup.py) sets skiplock.notify = 'deferred' for its statement, and the trigger
+-- sends nothing. A NOTIFY inside a transaction holds a database-wide lock through that
+-- transaction's commit (WAL flush), so concurrent submitters that each notify commit one at
+-- a time; deferred, their commits group again and one NOTIFY covers many of them.
+CREATE FUNCTION skiplock.jobs_after_insert_v2() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   q text;
@@ -198,13 +203,15 @@ BEGIN
     FROM new_jobs n;
   -- Wake sleeping workers: one NOTIFY per queue per statement (Postgres folds identical
   -- notifications within a transaction). A failed NOTIFY must never fail the insert.
-  FOR q IN SELECT DISTINCT n.queue FROM new_jobs n WHERE n.state = 'queued' AND n.run_at <= now() LOOP
-    BEGIN
-      PERFORM pg_notify('skiplock_jobs', q);
-    EXCEPTION WHEN OTHERS THEN
-      NULL;
-    END;
-  END LOOP;
+  IF current_setting('skiplock.notify', true) IS DISTINCT FROM 'deferred' THEN
+    FOR q IN SELECT DISTINCT n.queue FROM new_jobs n WHERE n.state = 'queued' AND n.run_at <= now() LOOP
+      BEGIN
+        PERFORM pg_notify('skiplock_jobs', q);
+      EXCEPTION WHEN OTHERS THEN
+        NULL;
+      END;
+    END LOOP;
+  END IF;
   RETURN NULL;
 END
 $$;
@@ -215,7 +222,7 @@ CREATE TRIGGER jobs_after_update AFTER UPDATE ON skiplock.jobs
 
 CREATE TRIGGER jobs_after_insert AFTER INSERT ON skiplock.jobs
     REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_insert_v1();
+    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_insert_v2();
 
 -- ---------------------------------------------------------------------------
 -- Functions for any language, each inside the caller's transaction.

@@ -14,6 +14,7 @@ from app.settings import Settings
 from skiplock import db
 from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
+from skiplock.wakeup import Wakeups
 
 from . import jobs, queues, system
 from .auth import Guard
@@ -31,14 +32,18 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         raise ValueError("create_app: settings.database_url is required")
     pool = db.make_pool(settings.database_url, min_size=1, max_size=pool_size, name="skiplock-api",
                         timeout=pool_timeout)
-    state = ApiState(pool=pool, settings=settings, registry=registry if registry is not None else default_registry)
+    wakeups = Wakeups(settings.database_url)
+    state = ApiState(pool=pool, settings=settings, registry=registry if registry is not None else default_registry,
+                     wakeups=wakeups)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)  # start even while the database is away; requests answer 503
+        wakeups.start()
         try:
             yield
         finally:
+            await wakeups.stop()
             await pool.close()
 
     routes = [

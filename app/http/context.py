@@ -1,5 +1,5 @@
-"""What the routes share: the pool (with outage tracking), settings, registry, and the
-queue-limit check that runs around a submission."""
+"""What the routes share: the pool (with outage tracking), settings, registry, the wake-ups
+sent after submissions commit, and the queue-limit check that runs around a submission."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from app.settings import Settings
 from skiplock import admin, db
 from skiplock.errors import QueueFull
 from skiplock.tasks import TaskRegistry
+from skiplock.wakeup import Wakeups
 
 OUTAGE_WAIT = 1.0
 """Longest wait for a connection while the database is known to be down (seconds)."""
@@ -29,6 +30,7 @@ class ApiState:
     pool: AsyncConnectionPool
     settings: Settings
     registry: TaskRegistry
+    wakeups: Wakeups
     outage: bool = False
     _limited: set[str] = field(default_factory=set)
     _limited_at: float = -1e9

@@ -69,7 +69,9 @@ async def submit(request: Request) -> Response:
             async with state.reserve(conn, {queue: 1}):
                 [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
                                            max_args_bytes=state.settings.max_args_bytes,
-                                           correlation_id=request_id(request))
+                                           correlation_id=request_id(request), defer_notify=True)
+            if job.created:
+                state.wakeups.touch([job.row["queue"]])  # committed: wake sleeping workers
         except QueueFull:
             # A client repeating a request whose answer it lost gets its job back (or a 409),
             # not a 429: the job it asks for is already stored and needs no room.
@@ -107,7 +109,9 @@ async def submit_bulk(request: Request) -> Response:
             async with state.reserve(conn, dict(queues)):
                 jobs: list[Enqueued] = await enqueue_many(
                     conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
-                    max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request))
+                    max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request),
+                    defer_notify=True)
+            state.wakeups.touch({j.row["queue"] for j in jobs if j.created})
         except InvalidInput as exc:
             exc.details.setdefault("index", 0)  # a bulk of one names its index too
             raise

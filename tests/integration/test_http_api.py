@@ -242,3 +242,40 @@ def test_openapi_documents_every_route_and_status(client: TestClient):
     post_jobs = spec["paths"]["/jobs"]["post"]["responses"]
     assert {"200", "201", "409", "422", "429", "503"} <= set(post_jobs)
     assert "JobIn" in spec["components"]["schemas"]
+
+
+def _notifications(db_url: str, action: Any, wait: float = 2.0) -> list[str]:
+    """Payloads on skiplock_jobs while `action()` runs and for up to `wait` seconds after."""
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN skiplock_jobs")
+        action()
+        return [n.payload for n in listener.notifies(timeout=wait, stop_after=1)]
+
+
+def test_insert_trigger_notifies_unless_the_submitter_defers(db_url: str):
+    def insert(defer: bool) -> Any:
+        def go() -> None:
+            with psycopg.connect(db_url, autocommit=True) as c, c.transaction():
+                if defer:
+                    c.execute("SELECT set_config('skiplock.notify', 'deferred', true)")
+                c.execute("INSERT INTO skiplock.jobs (task, queue) VALUES ('echo', 'mail')")
+        return go
+
+    assert _notifications(db_url, insert(False)) == ["mail"]
+    assert _notifications(db_url, insert(True), wait=0.5) == []
+
+
+def test_api_submissions_wake_workers_after_their_commit(db_url: str):
+    with make_client(db_url) as client:
+        got = _notifications(db_url, lambda: client.post("/jobs", json={
+            "task": "echo", "args": {"message": "x"}, "queue": "wake-one"}))
+        assert got == ["wake-one"]
+        got = _notifications(db_url, lambda: client.post("/jobs/bulk", json={"jobs": [
+            {"task": "echo", "args": {"message": "x"}, "queue": "wake-bulk"}] * 3}))
+        assert got == ["wake-bulk"]
+        # A repeated idempotent submission stores nothing and wakes nobody.
+        body = {"task": "echo", "args": {"message": "x"}, "queue": "wake-key"}
+        assert client.post("/jobs", json=body, headers={"Idempotency-Key": "k1"}).status_code == 201
+        got = _notifications(db_url, lambda: client.post("/jobs", json=body, headers={"Idempotency-Key": "k1"}),
+                             wait=0.5)
+        assert got == []

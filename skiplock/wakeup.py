@@ -1,0 +1,96 @@
+"""Wake sleeping workers after many concurrent submissions commit, with one NOTIFY per burst.
+
+By default the insert trigger sends the NOTIFY inside the submitting transaction, which is
+always right: it is delivered at that transaction's commit. But PostgreSQL holds one
+database-wide lock from a notifying transaction's pre-commit until its commit record is
+flushed, so concurrent submitters that each notify commit one at a time instead of sharing
+a WAL flush (32 clients of single-row INSERTs: ~4x slower with a NOTIFY in each; README,
+Performance). A process that submits from many requests at once (the HTTP API) therefore
+inserts with `defer_notify=True` and calls `touch(queue)` after each commit. One task sends
+the NOTIFYs on a connection of its own, in a transaction that writes nothing (so it waits for
+no flush): the first touch is sent at once, and the touches that arrive while a NOTIFY is on
+its way are folded into the next one. Every touched queue is therefore notified after the
+commit that touched it.
+
+Never depended on, like every wake-up: if the process dies between a commit and its NOTIFY,
+or the NOTIFY fails, workers find the job on their next poll (SKIPLOCK_POLL_INTERVAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Iterable
+
+import psycopg
+
+from .events import emit
+from .sql import q
+
+
+class Wakeups:
+    name = "wakeups"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sent = 0
+        """NOTIFY statements sent (each may cover many submissions and queues)."""
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: psycopg.AsyncConnection[object] | None = None
+
+    def touch(self, queues: Iterable[str]) -> None:
+        """Call after the commit that queued jobs in `queues`."""
+        self._pending.update(queues)
+        if self._pending:
+            self._idle.clear()
+            self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="skiplock.wakeups")
+
+    async def stop(self, flush_timeout: float = 1.0) -> None:
+        """Send what is pending (within `flush_timeout`), then close."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), flush_timeout)
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            if not self._pending:
+                self._idle.set()
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            queues, self._pending = sorted(self._pending), set()
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=5)
+                await self._conn.execute(q("wake_queues"), {"queues": queues})
+                self.sent += 1
+                failures = 0
+            except (psycopg.Error, OSError) as exc:
+                # The jobs are stored; workers will find them on their next poll.
+                failures += 1
+                emit("skiplock.api.db_error", during="wake", error=f"{type(exc).__name__}: {exc}".strip())
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0) * random.uniform(0.5, 1.0))
