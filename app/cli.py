@@ -142,8 +142,20 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             worker.install_signal_handlers()
             await worker.run()
 
-        asyncio.run(go())
+        _run_fast(go())
     return 0
+
+
+def _run_fast(coro: Any) -> None:
+    """asyncio.run on uvloop where it is installed (README, Dependencies): the worker spends
+    most of its CPU in the event loop, and uvloop's is cheaper per job on the same core."""
+    try:
+        import uvloop
+    except ImportError:  # Windows, or an install without it: the standard loop works the same
+        asyncio.run(coro)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
