@@ -55,7 +55,9 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     """Validate one spec into the column values to insert, or raise naming the field."""
     t: Task = reg.get(spec.task)
     args = t.validate(spec.args)
-    size = len(json.dumps(args, separators=(",", ":")).encode())
+    # Serialised once: the size check and the INSERT use the same text (jsonb parses it).
+    args_json = json.dumps(args, separators=(",", ":"))  # ASCII (ensure_ascii): chars = bytes
+    size = len(args_json)
     if size > max_args_bytes:
         raise InvalidInput(f"args are {size} bytes; the limit is {max_args_bytes}", field="args", value=size)
     if spec.run_at is not None and spec.delay is not None:
@@ -78,7 +80,8 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
         raise InvalidInput("idempotency_key must be 1-255 characters", field="idempotency_key")
     return {
-        "id": uuid7(), "task": t.name, "args": args, "queue": check_queue(spec.queue or t.queue),
+        "id": uuid7(), "task": t.name, "args": args, "args_json": args_json,
+        "queue": check_queue(spec.queue or t.queue),
         "priority": priority_value(spec.priority if spec.priority is not None else t.priority),
         "run_at": run_at, "max_attempts": max_attempts, "timeout": timeout,
         "idempotency_key": key, "batch_id": spec.batch_id,
@@ -131,7 +134,7 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
 
 async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None,
                       defer_notify: bool) -> Enqueued:
-    params = dict(row, args=db.jsonb(row["args"]), correlation_id=correlation_id, defer_notify=defer_notify)
+    params = dict(row, args=row["args_json"], correlation_id=correlation_id, defer_notify=defer_notify)
     inserted = await db.fetch_one(conn, "insert_job", params)
     if inserted is not None:
         return Enqueued(inserted, True)
@@ -145,7 +148,7 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     inserted = await db.fetch_all(conn, "insert_jobs", {"correlation_id": correlation_id,
         "defer_notify": defer_notify, "ids": cols["id"], "tasks": cols["task"],
-        "args": [db.jsonb(a) for a in cols["args"]],
+        "args": cols["args_json"],
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
         "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"]})
@@ -153,7 +156,9 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
     out: list[Enqueued] = []
     for r in rows:
         if r["id"] in created:
-            out.append(Enqueued(dict(r, state="queued"), True))
+            row = dict(r, state="queued")
+            del row["args_json"]
+            out.append(Enqueued(row, True))
             continue
         existing = await db.fetch_one(conn, "find_by_idempotency_key", r)
         assert existing is not None

@@ -36,9 +36,9 @@ INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts
                            idempotency_key, batch_id)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
        i.timeout, i.idempotency_key, i.batch_id
-  FROM unnest(%(ids)s::uuid[], %(tasks)s::text[], %(args)s::jsonb[], %(queues)s::text[],
-              %(priorities)s::smallint[], %(run_ats)s::timestamptz[], %(max_attempts)s::int[],
-              %(timeouts)s::float8[], %(idempotency_keys)s::text[], %(batch_ids)s::uuid[])
+  FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+              %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
+              %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
        AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id),
        tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING

@@ -143,3 +143,28 @@ def test_history_carries_the_correlation_id(db_url, pg_conn, reg):
 
     asyncio.run(go())
     assert pg_conn.execute("SELECT correlation_id FROM skiplock.job_history").fetchall() == [("req-123",)]
+
+
+def test_args_are_stored_exactly_as_validated_single_and_bulk(db_url, pg_conn, reg):
+    """Arguments are serialised once (the size check and the INSERT share the text): what is
+    stored equals what was validated, non-ASCII, nesting, escapes and big numbers included."""
+    r = TaskRegistry()
+
+    @task(name="any", registry=r)
+    async def anything(payload: dict[str, Any]) -> None: ...
+
+    payload = {"text": "héllo ✓ 雪 \"q\" \\ \n", "nested": {"list": [1, 2.5, None, True, "😀"]},
+               "big": 2**62, "neg": -1e-9}
+
+    async def go() -> list[Any]:
+        async with await connect(db_url) as c:
+            one = await enqueue(c, "any", {"payload": payload}, registry=r)
+            many = await enqueue_many(c, [JobSpec("any", {"payload": payload}) for _ in range(3)], registry=r)
+            return [one, *many]
+
+    jobs = asyncio.run(go())
+    assert all("args_json" not in j.row for j in jobs)
+    stored = pg_conn.execute("SELECT args FROM skiplock.jobs WHERE id = ANY(%s)", ([j.id for j in jobs],)).fetchall()
+    pg_conn.commit()
+    assert [s[0] for s in stored] == [{"payload": payload}] * 4
+    assert all(j.row["args"] == {"payload": payload} for j in jobs)
