@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step(r, "http", lambda: ours.http(server, logdir, n=3200))
 
         def drain() -> dict[str, Any]:
-            runs = [ours.drain(server, logdir, drain_n, concurrency=c) for c in (100, 200, 500)]
+            runs = [ours.drain(server, logdir, drain_n, concurrency=c) for c in (100, 200, 400, 800)]
             for x in runs:
                 x.pop("rss_mb", None)
             best = max(runs, key=lambda x: x["rate"])

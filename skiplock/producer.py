@@ -23,6 +23,19 @@ from .executor import Outcome, execute
 from .job import ClaimedJob
 from .tasks import TaskRegistry
 
+CLAIM_PART = 200
+"""Rows per claim statement before a claim is split in two. Measured with no-op jobs
+(README, Performance): concurrency 400 as two concurrent claims of 200 drained 28.6k jobs/s
+(median of 3) where one claim of 400 drained 25.7k and one of 200 (concurrency 200) 24.2k."""
+MAX_CLAIM_PARTS = 2
+
+
+def claim_parts(free: int) -> list[int]:
+    """How many rows each concurrent claim statement asks for: `free` split evenly into at
+    most MAX_CLAIM_PARTS statements of about CLAIM_PART rows."""
+    n = max(1, min(MAX_CLAIM_PARTS, -(-free // CLAIM_PART)))
+    return [free // n + (1 if i < free % n else 0) for i in range(n)]
+
 
 @dataclass
 class Running:
@@ -92,15 +105,33 @@ class Producer:
         free = self.free_slots
         if free <= 0:
             return 0
-        async with self.pool.connection() as conn:
-            jobs = await db.claim_jobs(conn, worker_id=self.worker_id, queues=self.queues, limit=free,
-                                       lease_seconds=self.lease_seconds)
+        parts = claim_parts(free)
+        if len(parts) == 1:
+            jobs = await self._claim(free)
+        else:
+            # Statements on two connections, so PostgreSQL works on both at once (one claim
+            # statement runs on one core). Jobs a part claimed are started even if another part
+            # failed; the failure then backs the loop off like any other.
+            results = await asyncio.gather(*(self._claim(n) for n in parts), return_exceptions=True)
+            jobs = [j for r in results if not isinstance(r, BaseException) for j in r]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                self._start_all(jobs)
+                raise errors[0]
         self._maybe_more = len(jobs) == free
+        self._start_all(jobs)
+        return len(jobs)
+
+    def _start_all(self, jobs: list[ClaimedJob]) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for job in jobs:
             self._start(job, debug)
         self.claimed += len(jobs)
-        return len(jobs)
+
+    async def _claim(self, limit: int) -> list[ClaimedJob]:
+        async with self.pool.connection() as conn:
+            return await db.claim_jobs(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
+                                       lease_seconds=self.lease_seconds)
 
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,

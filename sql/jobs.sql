@@ -105,10 +105,10 @@ RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts +
 -- `state = 'running'` (which `worker_id = <us>` already means, by the CHECK
 -- jobs_running_has_lease): that offered jobs_lease_idx for the same mistake.
 WITH o AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(states)s::skiplock.job_state[],
-                         %(results)s::jsonb[], %(errors)s::text[], %(run_ats)s::timestamptz[],
-                         %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
-                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
+    SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(states)b::text[]::skiplock.job_state[],
+                         %(results)b::jsonb[], %(errors)b::text[], %(run_ats)b::timestamptz[],
+                         %(checkpoints)b::jsonb[], %(progresses)b::jsonb[],
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]))
            AS o(id, attempt, state, result, error, run_at, checkpoint, progress, worker)
 )
 UPDATE skiplock.jobs j

@@ -46,7 +46,7 @@ def explain_generic(conn: psycopg.Connection[Any], name: str, query: str,
             order.append(m.group(1))
         return f"${order.index(m.group(1)) + 1}"
 
-    text = re.sub(r"%\((\w+)\)s", number, query)
+    text = re.sub(r"%\((\w+)\)[sbt]", number, query)
     conn.execute("SET plan_cache_mode = force_generic_plan")
     conn.execute(f"PREPARE {name} AS {text}")
     try:

@@ -325,3 +325,26 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
 
     row = job_row(pg_conn, run(go()))
     assert (row["state"], row["result"]) == ("succeeded", {"by": "second"})
+
+
+def test_split_claims_run_every_job_exactly_once(db_url, pg_conn, reg):
+    """Concurrency above CLAIM_PART claims with two statements at once on two connections:
+    together they take each queued job once, and every one runs once and succeeds."""
+    from skiplock.enqueue import JobSpec, enqueue_many
+    from skiplock.producer import claim_parts
+
+    assert claim_parts(401) == [201, 200] and claim_parts(200) == [200]
+
+    async def go() -> None:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await enqueue_many(conn, [JobSpec("echo", {"message": str(i)}) for i in range(1500)], registry=reg)
+        await asyncio.wait_for(Worker(db_url, registry=reg, burst=True, concurrency=401, poll_interval=0.02).run(),
+                               timeout=60)
+
+    run(go())
+    states = pg_conn.execute("SELECT state::text, attempt, count(*) FROM skiplock.jobs GROUP BY 1, 2").fetchall()
+    claims = pg_conn.execute("SELECT count(*), count(DISTINCT job_id) FROM skiplock.job_history"
+                             " WHERE state = 'running'").fetchone()
+    pg_conn.commit()
+    assert states == [("succeeded", 1, 1500)]
+    assert claims == (1500, 1500)
