@@ -79,6 +79,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "bulk": median([ours.enqueue_bulk(url, 50_000) for _ in range(reps)])}
 
         step(r, "floor", floors)
+
+        def sql_alone() -> dict[str, Any]:
+            with server.database("sql_alone") as url:
+                return {"insert_one": median([floor.schema_insert_one(url, 3000) for _ in range(reps)]),
+                        "insert_batch": median([floor.schema_insert_batch(url, 50_000) for _ in range(reps)]),
+                        "claim_ack": median([floor.schema_claim_ack(url, drain_n) for _ in range(reps)])}
+
+        step(r, "sql_alone", sql_alone)
         step(r, "enqueue", enqueue)
         step(r, "http", lambda: ours.http(server, logdir, n=3200))
 
@@ -144,7 +152,7 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="also run PgQueuer and Procrastinate (bench/.peers-venv)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
-    p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (enqueue, http, drain, latency, "
+    p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, latency, "
                    "backlog, queues, memory), beside the floor; results.json is not written")
     args = p.parse_args()
     if args.only:

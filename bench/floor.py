@@ -100,3 +100,72 @@ def run_all(url: str, *, repeat: int = 3, sizes: dict[str, int] | None = None) -
     out["insert_batch"] = median([insert_batches(url, s["batch"]) for _ in range(repeat)])
     out["claim_finish"] = median([claim_and_finish(url, s["claim"]) for _ in range(repeat)])
     return out
+
+
+# -- Skiplock's own statements, without the Python engine --------------------------------
+# Not a floor: the same statements the engine sends (sql/jobs.sql), on the real schema with
+# its constraints, indexes and history trigger, from a bare psycopg loop. Beside the floor and
+# the engine they split a gap in two: what the schema costs, and what the Python around it costs.
+
+def schema_insert_one(url: str, n: int) -> float:
+    """Jobs/s: the insert_job statement, one per transaction (autocommit), one connection."""
+    import uuid
+
+    from skiplock.job import uuid7
+    from skiplock.sql import q
+
+    base = {"task": "noop", "args": "{}", "queue": "default", "priority": 1, "run_at": None, "max_attempts": 3,
+            "timeout": None, "idempotency_key": None, "batch_id": None, "correlation_id": None,
+            "defer_notify": False}
+    ids: list[uuid.UUID] = [uuid7() for _ in range(n)]
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
+        query = q("insert_job")
+        t = time.perf_counter()
+        for i in ids:
+            c.execute(query, {**base, "id": i}).fetchall()
+        return n / (time.perf_counter() - t)
+
+
+def schema_insert_batch(url: str, n: int, batch: int = 10_000) -> float:
+    """Jobs/s: the insert_jobs statement with `batch` jobs per statement, one connection."""
+    from skiplock.job import uuid7
+    from skiplock.sql import q
+
+    none = [None] * batch
+    cols = {"tasks": ["noop"] * batch, "args": ["{}"] * batch, "queues": ["default"] * batch,
+            "priorities": [1] * batch, "run_ats": none, "max_attempts": [3] * batch, "timeouts": none,
+            "idempotency_keys": none, "batch_ids": none, "correlation_id": None, "defer_notify": False}
+    id_lists = [[uuid7() for _ in range(batch)] for _ in range(n // batch)]
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
+        query = q("insert_jobs")
+        t = time.perf_counter()
+        for ids in id_lists:
+            c.execute(query, {**cols, "ids": ids}).fetchall()
+        return len(id_lists) * batch / (time.perf_counter() - t)
+
+
+def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
+    """Jobs/s: claim_batch of `batch` rows then finish_many_if_held of the same rows, one after
+    the other on one connection, until `n` queued jobs are done."""
+    from skiplock.sql import q
+
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
+        c.execute("INSERT INTO skiplock.jobs (task) SELECT 'noop' FROM generate_series(1, %s)", (n,))
+        c.execute("VACUUM ANALYZE skiplock.jobs")
+    claim, ack = q("claim_batch"), q("finish_many_if_held")
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        done = 0
+        t = time.perf_counter()
+        while True:
+            rows = c.execute(claim, {"worker_id": "bench", "queues": None, "limit": batch, "lease_seconds": 60,
+                                     "now": None}).fetchall()
+            if not rows:
+                break
+            c.execute(ack, {"worker_id": "bench", "ids": [r[0] for r in rows], "attempts": [r[5] for r in rows],
+                            "states": ["succeeded"] * len(rows), "results": None, "errors": None, "run_ats": None,
+                            "checkpoints": None, "progresses": None, "now": None}).fetchall()
+            done += len(rows)
+        return done / (time.perf_counter() - t)

@@ -48,8 +48,18 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     out.append(("SQL floor: INSERT 1,000 rows/stmt", _n(f.get("insert_batch")), "", "", "", ""))
     out.append(("SQL floor: INSERT 1 row/tx, 32 conns", _n(f.get("insert_32")), "", "", "", ""))
     out.append(("SQL floor: claim+finish LIMIT 100/stmt", _n(f.get("claim_finish")), "", "", "", ""))
+    sa = r.get("sql_alone") or {}
+    ratio_row("Skiplock's SQL alone: insert_job, 1/tx", sa.get("insert_one"), f.get("insert_one"), "floor", None)
+    ratio_row("Skiplock's SQL alone: insert_jobs, 10,000/stmt", sa.get("insert_batch"), f.get("insert_batch"),
+              "floor", None)
+    ratio_row("Skiplock's SQL alone: claim 200 + ack 200, serial", sa.get("claim_ack"), f.get("claim_finish"),
+              "floor", None)
     ratio_row("enqueue, Python, 1 job/tx", _get(r, "enqueue", "one"), f.get("insert_one"), "floor", 0.8)
+    ratio_row("enqueue, Python, 1 job/tx vs its SQL alone", _get(r, "enqueue", "one"), sa.get("insert_one"),
+              "SQL alone", None)
     ratio_row("enqueue, Python bulk, 10,000/call", _get(r, "enqueue", "bulk"), f.get("insert_batch"), "floor", 0.5)
+    ratio_row("enqueue, Python bulk vs its SQL alone", _get(r, "enqueue", "bulk"), sa.get("insert_batch"),
+              "SQL alone", None)
     ratio_row("enqueue, HTTP POST /jobs, 32 clients", _get(r, "http", "post_jobs", "rate"), f.get("insert_32"),
               "floor", 0.5)
     ratio_row("enqueue, HTTP POST /jobs/bulk (1,000/req)", _get(r, "http", "post_bulk", "rate"),
@@ -58,6 +68,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     drain = best["rate"] if isinstance(best, dict) else None
     label = f"drain, 1 process (c={best['concurrency']})" if isinstance(best, dict) else "drain, 1 process"
     ratio_row(label, drain, f.get("claim_finish"), "floor", 0.4)
+    ratio_row("drain, 1 process vs its SQL alone (serial)", drain, sa.get("claim_ack"), "SQL alone", None)
     ratio_row("drain, 2 processes", _get(r, "drain", "two_processes", "rate"), f.get("claim_finish"), "floor", None)
     for system in ("pgqueuer", "procrastinate"):
         peer = _get(r, system, "drain", "best", "rate")
