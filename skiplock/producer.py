@@ -199,8 +199,11 @@ class Producer:
                          error=f"{type(exc).__name__}: {exc}".strip(), retry_in=round(delay, 2))
                     await self._sleep(delay)
                     continue
-                if claimed and self.free_slots > 0:
-                    continue  # there may be more ready right now
+                if claimed and self._maybe_more and self.free_slots > 0:
+                    continue  # the claim filled every slot it asked for: more may be ready now
+                # A claim that found fewer jobs than free slots found them all: the next claim
+                # waits for a NOTIFY, a freed slot or the poll (an idle worker used to run an
+                # empty claim right after each pickup, before the handler had even started).
                 if self.burst and not claimed and not self.running:
                     return
             await self._sleep(self.poll_interval)

@@ -348,3 +348,38 @@ def test_split_claims_run_every_job_exactly_once(db_url, pg_conn, reg):
     pg_conn.commit()
     assert states == [("succeeded", 1, 1500)]
     assert claims == (1500, 1500)
+
+
+def test_an_idle_worker_claims_once_per_pickup(db_url, pg_conn, reg, monkeypatch):
+    """A claim that found fewer jobs than free slots found all there were: the next claim waits
+    for a NOTIFY (an idle worker used to send an empty claim right after each pickup, ahead
+    of the handler's start)."""
+    from skiplock import producer
+
+    results: list[int] = []
+    real = producer.db.claim_jobs
+
+    async def counting(conn: Any, **kw: Any) -> Any:
+        jobs = await real(conn, **kw)
+        results.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(producer.db, "claim_jobs", counting)
+
+    async def go() -> None:
+        w = Worker(db_url, registry=reg, concurrency=10, poll_interval=30)
+        runner = asyncio.create_task(w.run())
+        while not results:  # the start-up claim
+            await asyncio.sleep(0.01)
+        for i in range(5):
+            await submit(db_url, reg, "echo", {"message": str(i)})
+            await asyncio.sleep(0.15)
+        w.request_stop()
+        await asyncio.wait_for(runner, timeout=30)
+
+    run(go())
+    done = pg_conn.execute("SELECT count(*) FROM skiplock.jobs WHERE state = 'succeeded'").fetchone()
+    pg_conn.commit()
+    assert done == (5,)
+    first = next(i for i, n in enumerate(results) if n)  # before it: start-up and listener-ready claims
+    assert results[first:] == [1] * 5, results
