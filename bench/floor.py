@@ -107,43 +107,39 @@ def run_all(url: str, *, repeat: int = 3, sizes: dict[str, int] | None = None) -
 # its constraints, indexes and history trigger, from a bare psycopg loop. Beside the floor and
 # the engine they split a gap in two: what the schema costs, and what the Python around it costs.
 
+def _timed_statements(url: str, name: str, params: list[dict[str, Any]], jobs_each: int) -> float:
+    """Jobs/s: the named query once per params, each its own transaction, on emptied tables."""
+    from skiplock.sql import q
+
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
+        query = q(name)
+        t = time.perf_counter()
+        for p in params:
+            c.execute(query, p).fetchall()
+        return len(params) * jobs_each / (time.perf_counter() - t)
+
+
 def schema_insert_one(url: str, n: int) -> float:
     """Jobs/s: the insert_job statement, one per transaction (autocommit), one connection."""
-    import uuid
-
     from skiplock.job import uuid7
-    from skiplock.sql import q
 
     base = {"task": "noop", "args": "{}", "queue": "default", "priority": 1, "run_at": None, "max_attempts": 3,
             "timeout": None, "idempotency_key": None, "batch_id": None, "correlation_id": None,
             "defer_notify": False}
-    ids: list[uuid.UUID] = [uuid7() for _ in range(n)]
-    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
-        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
-        query = q("insert_job")
-        t = time.perf_counter()
-        for i in ids:
-            c.execute(query, {**base, "id": i}).fetchall()
-        return n / (time.perf_counter() - t)
+    return _timed_statements(url, "insert_job", [{**base, "id": uuid7()} for _ in range(n)], 1)
 
 
 def schema_insert_batch(url: str, n: int, batch: int = 10_000) -> float:
     """Jobs/s: the insert_jobs statement with `batch` jobs per statement, one connection."""
     from skiplock.job import uuid7
-    from skiplock.sql import q
 
     none = [None] * batch
     cols = {"tasks": ["noop"] * batch, "args": ["{}"] * batch, "queues": ["default"] * batch,
             "priorities": [1] * batch, "run_ats": none, "max_attempts": [3] * batch, "timeouts": none,
             "idempotency_keys": none, "batch_ids": none, "correlation_id": None, "defer_notify": False}
-    id_lists = [[uuid7() for _ in range(batch)] for _ in range(n // batch)]
-    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
-        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
-        query = q("insert_jobs")
-        t = time.perf_counter()
-        for ids in id_lists:
-            c.execute(query, {**cols, "ids": ids}).fetchall()
-        return len(id_lists) * batch / (time.perf_counter() - t)
+    params = [{**cols, "ids": [uuid7() for _ in range(batch)]} for _ in range(n // batch)]
+    return _timed_statements(url, "insert_jobs", params, batch)
 
 
 def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
