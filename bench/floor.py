@@ -147,10 +147,11 @@ def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
     the other on one connection, until `n` queued jobs are done."""
     from skiplock.sql import q
 
+    from .ours import load
+
     with psycopg.connect(url, autocommit=True) as c:
         c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
-        c.execute("INSERT INTO skiplock.jobs (task) SELECT 'noop' FROM generate_series(1, %s)", (n,))
-        c.execute("VACUUM ANALYZE skiplock.jobs")
+    load(url, n)  # queued as for the engine's drain
     claim, ack = q("claim_batch"), q("finish_many_if_held")
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
         done = 0
@@ -160,6 +161,7 @@ def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
                                      "now": None}).fetchall()
             if not rows:
                 break
+            # claim_batch returns id first and attempt sixth (the ClaimedJob field order)
             c.execute(ack, {"worker_id": "bench", "ids": [r[0] for r in rows], "attempts": [r[5] for r in rows],
                             "states": ["succeeded"] * len(rows), "results": None, "errors": None, "run_ats": None,
                             "checkpoints": None, "progresses": None, "now": None}).fetchall()

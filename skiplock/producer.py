@@ -24,9 +24,9 @@ from .job import ClaimedJob
 from .tasks import TaskRegistry
 
 CLAIM_PART = 200
-"""Rows per claim statement before a claim is split in two. Measured with no-op jobs
-(README, Performance): concurrency 400 as two concurrent claims of 200 drained 28.6k jobs/s
-(median of 3) where one claim of 400 drained 25.7k and one of 200 (concurrency 200) 24.2k."""
+"""Rows per claim statement before a claim is split in two. Measured with no-op jobs at
+concurrency 400 (README, Performance, change 15): two concurrent claims of 200 drained
+26.1k jobs/s where one claim of 400 drained 22.5k (medians of 4, alternating runs)."""
 MAX_CLAIM_PARTS = 2
 
 
@@ -106,6 +106,7 @@ class Producer:
         if free <= 0:
             return 0
         parts = claim_parts(free)
+        error: BaseException | None = None
         if len(parts) == 1:
             jobs = await self._claim(free)
         else:
@@ -114,19 +115,15 @@ class Producer:
             # failed; the failure then backs the loop off like any other.
             results = await asyncio.gather(*(self._claim(n) for n in parts), return_exceptions=True)
             jobs = [j for r in results if not isinstance(r, BaseException) for j in r]
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                self._start_all(jobs)
-                raise errors[0]
+            error = next((r for r in results if isinstance(r, BaseException)), None)
         self._maybe_more = len(jobs) == free
-        self._start_all(jobs)
-        return len(jobs)
-
-    def _start_all(self, jobs: list[ClaimedJob]) -> None:
         debug = log.isEnabledFor(logging.DEBUG)
         for job in jobs:
             self._start(job, debug)
         self.claimed += len(jobs)
+        if error is not None:
+            raise error
+        return len(jobs)
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         async with self.pool.connection() as conn:

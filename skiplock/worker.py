@@ -88,6 +88,8 @@ class Worker:
         # A short pool timeout: while the database is away every service is waiting in the pool,
         # and the pool (reconnect_timeout=0) makes a new connection attempt only for a new
         # request; each timed-out request is retried, so recovery follows within seconds.
+        # Six connections: two claim statements at once (producer.claim_parts), the completer's
+        # flush, and the heartbeat, rescuer and pruner.
         self.pool = pool = db.make_pool(self.url, min_size=2, max_size=6, name=f"skiplock-worker-{self.id}",
                                         check=False, timeout=min(5.0, self.lease_seconds / 4))
         await pool.open()

@@ -12,7 +12,18 @@ from typing import Any
 import psycopg
 import pytest
 
-from skiplock import Backoff, JobContext, NonRetryableError, TaskRegistry, Worker, db, enqueue, task
+from skiplock import (
+    Backoff,
+    JobContext,
+    JobSpec,
+    NonRetryableError,
+    TaskRegistry,
+    Worker,
+    db,
+    enqueue,
+    enqueue_many,
+    task,
+)
 
 FAST = Backoff(base_seconds=0.01, factor=2, max_seconds=0.05, jitter=0)
 
@@ -330,7 +341,6 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
 def test_split_claims_run_every_job_exactly_once(db_url, pg_conn, reg):
     """Concurrency above CLAIM_PART claims with two statements at once on two connections:
     together they take each queued job once, and every one runs once and succeeds."""
-    from skiplock.enqueue import JobSpec, enqueue_many
     from skiplock.producer import claim_parts
 
     assert claim_parts(401) == [201, 200] and claim_parts(200) == [200]
