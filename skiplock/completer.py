@@ -60,6 +60,10 @@ class Completer:
     def pending_outcomes(self) -> int:
         return len(self._outcomes)
 
+    def pending_job_ids(self) -> set[uuid.UUID]:
+        """Jobs whose outcome waits for its acknowledgement: the worker still holds them."""
+        return {o.job_id for o in self._outcomes}
+
     @property
     def pending(self) -> int:
         return len(self._outcomes) + len(self._updates)

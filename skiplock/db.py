@@ -115,6 +115,12 @@ async def release_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uui
     return {r["id"] for r in rows}
 
 
+async def release_unknown_holds(conn: AsyncConn, *, worker_id: str, known: list[uuid.UUID],
+                                now: datetime | None = None) -> list[dict[str, Any]]:
+    """Release the rows running under this worker that it does not know of (see the query)."""
+    return await fetch_all(conn, "release_unknown_holds", {"worker_id": worker_id, "known": known, "now": now})
+
+
 async def extend_leases_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
                                 lease_seconds: float, now: datetime | None = None) -> set[uuid.UUID]:
     rows = await fetch_all(conn, "extend_leases_if_held", {

@@ -14,6 +14,7 @@ _LEVELS = {
     "skiplock.job.retrying": logging.WARNING,
     "skiplock.job.rescued": logging.WARNING,
     "skiplock.job.fenced": logging.INFO,
+    "skiplock.job.orphaned": logging.WARNING,
     "skiplock.worker.started": logging.INFO,
     "skiplock.worker.stopping": logging.INFO,
     "skiplock.worker.stopped": logging.INFO,

@@ -72,6 +72,7 @@ class Producer:
         self.ack_backlog = max(2 * concurrency, 1000)
         self._held_back = False
         self._maybe_more = True
+        self._unsure = False  # a claim failed: it may have committed rows we never received
         completer.on_flush = self._acks_flushed
 
     def notify(self, _queue: str = "") -> None:
@@ -102,6 +103,8 @@ class Producer:
 
     async def run_once(self) -> int:
         """Claim up to the free slots and start them; returns how many were claimed."""
+        if self._unsure:
+            await self._release_unknown_holds()
         free = self.free_slots
         if free <= 0:
             return 0
@@ -124,6 +127,18 @@ class Producer:
         if error is not None:
             raise error
         return len(jobs)
+
+    async def _release_unknown_holds(self) -> None:
+        """Give back what a failed claim may have taken without our knowing. Runs in the claim
+        loop, so no claim of ours is in flight; every job we hold is either running or waiting
+        in the completer for its acknowledgement."""
+        known = list(self.running.keys() | self.completer.pending_job_ids())
+        async with self.pool.connection() as conn:
+            released = await db.release_unknown_holds(conn, worker_id=self.worker_id, known=known)
+        self._unsure = False
+        for r in released:
+            emit("skiplock.job.orphaned", job_id=r["id"], task=r["task"], attempt=r["attempt"],
+                 worker=self.worker_id, reason="taken by a claim whose answer was lost; back in its queue, unstarted")
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         async with self.pool.connection() as conn:
@@ -190,6 +205,7 @@ class Producer:
                     claimed = await self.run_once()
                     self._failures = 0
                 except (psycopg.Error, OSError) as exc:
+                    self._unsure = True
                     self._failures += 1
                     delay = min(0.1 * 2**self._failures, 10.0) * random.uniform(0.5, 1.0)
                     emit("skiplock.worker.db_error", worker=self.worker_id, during="claim",

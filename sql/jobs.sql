@@ -138,6 +138,18 @@ UPDATE skiplock.jobs j
  WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker  -- plan: see finish_many_if_held
 RETURNING j.id;
 
+-- name: release_unknown_holds
+-- After a claim whose answer never arrived (the connection broke, the server crashed): the
+-- claim may have committed, leaving rows running under this worker that it never started.
+-- They go back to queued, due now, with the attempt given back, instead of waiting out the
+-- lease and being rescued as if the worker had died. `known` are the ids the worker runs or
+-- still has to acknowledge; the plan scans jobs_lease_idx (running rows only).
+UPDATE skiplock.jobs j
+   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+       run_at = coalesce(%(now)s, now())
+ WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND j.id <> ALL (%(known)s::uuid[])
+RETURNING j.id, j.task, j.attempt + 1 AS attempt;
+
 -- name: update_many_if_held
 -- Progress and checkpoints reported by running handlers, fenced like acknowledgements.
 UPDATE skiplock.jobs j

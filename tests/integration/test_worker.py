@@ -393,3 +393,43 @@ def test_an_idle_worker_claims_once_per_pickup(db_url, pg_conn, reg, monkeypatch
     assert done == (5,)
     first = next(i for i, n in enumerate(results) if n)  # before it: start-up and listener-ready claims
     assert results[first:] == [1] * 5, results
+
+
+def test_a_claim_whose_answer_was_lost_gives_its_jobs_back_at_once(db_url, pg_conn, reg, monkeypatch):
+    """The claim commits but its answer never arrives (as when the server crashes between the
+    two): the worker holds rows it never started. After the failure it gives them back to the
+    queue with the attempt returned, so they run at once, not after the lease (60 s here) as if
+    the worker had died."""
+    from skiplock import producer
+
+    real = producer.db.claim_jobs
+    lost: list[list[uuid.UUID]] = []
+
+    async def answer_lost_once(conn: Any, **kw: Any) -> Any:
+        jobs = await real(conn, **kw)
+        if jobs and not lost:
+            lost.append([j.id for j in jobs])
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return jobs
+
+    monkeypatch.setattr(producer.db, "claim_jobs", answer_lost_once)
+
+    async def go() -> uuid.UUID:
+        job = await submit(db_url, reg, "echo", {"message": "once"})
+        w = Worker(db_url, registry=reg, concurrency=5, lease_seconds=60, poll_interval=0.05)
+        runner = asyncio.create_task(w.run())
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            for _ in range(200):  # 10 s at most
+                cur = await conn.execute("SELECT state FROM skiplock.jobs WHERE id = %s", (job,))
+                if (await cur.fetchone()) == ("succeeded",):
+                    break
+                await asyncio.sleep(0.05)
+        w.request_stop()
+        await asyncio.wait_for(runner, timeout=30)
+        return job
+
+    job = run(go())
+    assert lost == [[job]]
+    row = job_row(pg_conn, job)
+    assert (row["state"], row["attempt"], row["result"]) == ("succeeded", 1, {"message": "once"})
+    assert history(pg_conn, job) == ["queued", "running", "queued", "running", "succeeded"]
