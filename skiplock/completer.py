@@ -60,9 +60,10 @@ class Completer:
     def pending_outcomes(self) -> int:
         return len(self._outcomes)
 
-    def pending_job_ids(self) -> set[uuid.UUID]:
-        """Jobs whose outcome waits for its acknowledgement: the worker still holds them."""
-        return {o.job_id for o in self._outcomes}
+    def held(self) -> dict[uuid.UUID, int]:
+        """Jobs whose outcome waits for its acknowledgement, with their attempt: the worker
+        still holds them, so their leases are renewed like those of running jobs."""
+        return {o.job_id: o.attempt for o in self._outcomes}
 
     @property
     def pending(self) -> int:

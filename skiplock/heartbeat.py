@@ -1,7 +1,8 @@
 """Lease renewal. Every `interval` seconds the worker extends the lease of each job it still
-holds (fenced by attempt) and touches its row in skiplock.workers. Jobs missing from the
-answer were cancelled or rescued: the worker stops running them. A worker whose heartbeats
-keep failing stops claiming (`healthy()` turns false) until one succeeds again."""
+holds (fenced by attempt): running, or finished and waiting for its acknowledgement. It also
+touches its row in skiplock.workers. Running jobs missing from the answer were cancelled or
+rescued: the worker stops running them. A worker whose heartbeats keep failing stops
+claiming (`healthy()` turns false) until one succeeds again."""
 
 from __future__ import annotations
 
@@ -34,12 +35,16 @@ class Heartbeat(PeriodicService):
 
     async def run_once(self) -> int:
         running = list(self.producer.running.values())
+        # Finished jobs whose acknowledgement has not reached the database yet are held too:
+        # while the database is away their leases must not lapse, or a live worker's job would
+        # be rescued and run again.
+        holds = {r.job.id: r.job.attempt for r in running} | self.producer.completer.held()
         async with self.pool.connection() as conn:
             held: set[uuid.UUID] = set()
-            if running:
+            if holds:
                 held = await db.extend_leases_if_held(
-                    conn, worker_id=self.worker_id, ids=[r.job.id for r in running],
-                    attempts=[r.job.attempt for r in running], lease_seconds=self.lease_seconds)
+                    conn, worker_id=self.worker_id, ids=list(holds), attempts=list(holds.values()),
+                    lease_seconds=self.lease_seconds)
             await db.touch_worker(conn, self.worker_id)
         self.last_ok = time.monotonic()
         if running:

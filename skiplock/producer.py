@@ -132,7 +132,7 @@ class Producer:
         """Give back what a failed claim may have taken without our knowing. Runs in the claim
         loop, so no claim of ours is in flight; every job we hold is either running or waiting
         in the completer for its acknowledgement."""
-        known = list(self.running.keys() | self.completer.pending_job_ids())
+        known = list(self.running.keys() | self.completer.held().keys())
         async with self.pool.connection() as conn:
             released = await db.release_unknown_holds(conn, worker_id=self.worker_id, known=known)
         self._unsure = False

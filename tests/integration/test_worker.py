@@ -433,3 +433,43 @@ def test_a_claim_whose_answer_was_lost_gives_its_jobs_back_at_once(db_url, pg_co
     row = job_row(pg_conn, job)
     assert (row["state"], row["attempt"], row["result"]) == ("succeeded", 1, {"message": "once"})
     assert history(pg_conn, job) == ["queued", "running", "queued", "running", "succeeded"]
+
+
+def test_leases_of_finished_jobs_are_renewed_until_their_acknowledgement_lands(db_url, pg_conn, reg, monkeypatch):
+    """The handler finished but the database refuses the acknowledgement for twice the lease:
+    the heartbeat keeps renewing the job's lease meanwhile, so the rescuer leaves it alone and
+    the job succeeds once, at attempt 1 (not rescued and run again as if the worker had died)."""
+    from skiplock import completer
+
+    real = completer.db.finish_many_if_held
+    refuse_until: list[float] = []
+
+    async def refusing(conn: Any, **kw: Any) -> Any:
+        if not refuse_until:
+            refuse_until.append(time.monotonic() + 3.0)
+        if time.monotonic() < refuse_until[0]:
+            raise psycopg.OperationalError("the database is away")
+        return await real(conn, **kw)
+
+    monkeypatch.setattr(completer.db, "finish_many_if_held", refusing)
+
+    async def go() -> uuid.UUID:
+        job = await submit(db_url, reg, "echo", {"message": "kept"})
+        w = Worker(db_url, registry=reg, concurrency=5, lease_seconds=1.5, heartbeat_seconds=0.3,
+                   rescue_interval=0.2, poll_interval=0.05)
+        runner = asyncio.create_task(w.run())
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            for _ in range(300):  # 15 s at most
+                cur = await conn.execute("SELECT state FROM skiplock.jobs WHERE id = %s", (job,))
+                if (await cur.fetchone()) == ("succeeded",):
+                    break
+                await asyncio.sleep(0.05)
+        w.request_stop()
+        await asyncio.wait_for(runner, timeout=30)
+        return job
+
+    job = run(go())
+    assert refuse_until, "the acknowledgement was never attempted"
+    row = job_row(pg_conn, job)
+    assert (row["state"], row["attempt"]) == ("succeeded", 1)
+    assert history(pg_conn, job) == ["queued", "running", "succeeded"]
