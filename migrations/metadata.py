@@ -81,3 +81,15 @@ workers = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
 )
+
+tasks = Table(
+    "tasks", metadata,
+    Column("name", Text, primary_key=True),
+    Column("queue", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("timeout", Double),
+    Column("args_schema", JSONB, nullable=False),
+    Column("worker_id", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

@@ -91,6 +91,8 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_timeout_positive": (InvalidInput, "timeout"),
     "jobs_idempotency_key_length": (InvalidInput, "idempotency_key"),
     "jobs_state_transition": (InvalidTransition, None),
+    "jobs_insert_queued": (InvalidTransition, "state"),
+    "jobs_delete_running": (InvalidTransition, None),
 }
 
 

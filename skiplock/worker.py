@@ -20,7 +20,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
+from . import catalog, db
 from .completer import Completer
 from .events import emit
 from .heartbeat import Heartbeat
@@ -149,6 +149,7 @@ class Worker:
                 async with pool.connection() as conn:
                     await db.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
                                              pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
+                    await catalog.record_tasks(conn, self.registry, worker_id=self.id)
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying until the database is ready
                 error = str(exc).strip()

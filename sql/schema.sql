@@ -137,6 +137,26 @@ CREATE TABLE skiplock.workers (
 );
 ALTER TABLE skiplock.workers SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 50);
 
+-- The tasks workers serve, with their defaults and argument schema: each worker records
+-- its own when it starts, so submitters that do not import a task's code (SQL, other
+-- languages, an API with other task modules) still get the task's defaults.
+CREATE TABLE skiplock.tasks (
+    name         text             NOT NULL,
+    queue        text             NOT NULL,
+    priority     smallint         NOT NULL,
+    max_attempts integer          NOT NULL,
+    timeout      double precision,
+    args_schema  jsonb            NOT NULL,
+    worker_id    text,
+    updated_at   timestamptz      NOT NULL DEFAULT now(),
+    CONSTRAINT tasks_pkey PRIMARY KEY (name),
+    CONSTRAINT tasks_name_format CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
+    CONSTRAINT tasks_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT tasks_priority_range CHECK (priority BETWEEN 0 AND 2),
+    CONSTRAINT tasks_max_attempts_positive CHECK (max_attempts >= 1),
+    CONSTRAINT tasks_timeout_positive CHECK (timeout IS NULL OR timeout > 0)
+);
+
 -- Refuses any state change the contract does not allow, and writes each transition to
 -- the history in the same statement (set-based: one INSERT per UPDATE statement, not per row).
 -- The correlation id comes from the transaction-local setting skiplock.correlation_id.
@@ -224,6 +244,26 @@ CREATE TRIGGER jobs_after_insert AFTER INSERT ON skiplock.jobs
     REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_insert_v2();
 
+-- A job is inserted queued, and a running job is never deleted (cancel it first). The WHEN
+-- clause is checked per row by the executor; the function runs only for a row at fault.
+CREATE FUNCTION skiplock.refuse_impossible_row_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    RAISE EXCEPTION 'skiplock: a job is inserted queued, not %; submit it with skiplock.enqueue', NEW.state
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_insert_queued';
+  END IF;
+  RAISE EXCEPTION 'skiplock: job % is running; cancel it (skiplock.cancel) before deleting it', OLD.id
+    USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_delete_running';
+END
+$$;
+
+CREATE TRIGGER jobs_insert_queued BEFORE INSERT ON skiplock.jobs
+    FOR EACH ROW WHEN (NEW.state <> 'queued') EXECUTE FUNCTION skiplock.refuse_impossible_row_v1();
+
+CREATE TRIGGER jobs_delete_running BEFORE DELETE ON skiplock.jobs
+    FOR EACH ROW WHEN (OLD.state = 'running') EXECUTE FUNCTION skiplock.refuse_impossible_row_v1();
+
 -- ---------------------------------------------------------------------------
 -- Functions for any language, each inside the caller's transaction.
 
@@ -244,14 +284,15 @@ END
 $$;
 
 -- Submit a job from SQL. Returns the job id; with an idempotency key already used in
--- the queue, returns the existing job's id and inserts nothing.
+-- the queue, returns the existing job's id and inserts nothing. Options left out come from
+-- the task's row in skiplock.tasks (recorded by its workers), then the built-in defaults.
 CREATE FUNCTION skiplock.enqueue(
     task text,
     args jsonb DEFAULT '{}'::jsonb,
-    queue text DEFAULT 'default',
-    priority text DEFAULT 'normal',
+    queue text DEFAULT NULL,
+    priority text DEFAULT NULL,
     run_at timestamptz DEFAULT NULL,
-    max_attempts integer DEFAULT 3,
+    max_attempts integer DEFAULT NULL,
     timeout double precision DEFAULT NULL,
     idempotency_key text DEFAULT NULL,
     batch_id uuid DEFAULT NULL
@@ -259,21 +300,27 @@ CREATE FUNCTION skiplock.enqueue(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+  d skiplock.tasks%ROWTYPE;
+  q text;
   new_id uuid;
 BEGIN
   IF args IS NULL OR jsonb_typeof(args) <> 'object' THEN
     PERFORM skiplock.raise_invalid('args', args::text, 'must be a JSON object');
   END IF;
+  SELECT * INTO d FROM skiplock.tasks t WHERE t.name = enqueue.task;
+  q := coalesce(enqueue.queue, d.queue, 'default');
   INSERT INTO skiplock.jobs AS j (task, args, queue, priority, run_at, max_attempts, timeout,
                                   idempotency_key, batch_id)
-  VALUES (enqueue.task, enqueue.args, enqueue.queue, skiplock.priority_value(enqueue.priority),
-          coalesce(enqueue.run_at, now()), enqueue.max_attempts, enqueue.timeout,
-          enqueue.idempotency_key, enqueue.batch_id)
+  VALUES (enqueue.task, enqueue.args, q,
+          coalesce(CASE WHEN enqueue.priority IS NOT NULL THEN skiplock.priority_value(enqueue.priority) END,
+                   d.priority, 1),
+          coalesce(enqueue.run_at, now()), coalesce(enqueue.max_attempts, d.max_attempts, 3),
+          coalesce(enqueue.timeout, d.timeout), enqueue.idempotency_key, enqueue.batch_id)
   ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING j.id INTO new_id;
   IF new_id IS NULL THEN
     SELECT j.id INTO new_id FROM skiplock.jobs j
-     WHERE j.queue = enqueue.queue AND j.idempotency_key = enqueue.idempotency_key;
+     WHERE j.queue = q AND j.idempotency_key = enqueue.idempotency_key;
   END IF;
   RETURN new_id;
 END

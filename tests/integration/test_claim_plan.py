@@ -77,11 +77,13 @@ def churned(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("ALTER TABLE skiplock.jobs SET (autovacuum_enabled = false)")
         c.execute("ALTER TABLE skiplock.jobs DISABLE TRIGGER jobs_after_insert")  # history is not the point here
+        c.execute("ALTER TABLE skiplock.jobs DISABLE TRIGGER jobs_insert_queued")  # finished rows, loaded directly
         c.execute("INSERT INTO skiplock.jobs (task, state, finished_at) "
                   "SELECT 'noop', 'succeeded', now() FROM generate_series(1, %s)", (FINISHED,))
         c.execute("INSERT INTO skiplock.jobs (task, priority) SELECT 'noop', (g %% 3)::smallint "
                   "FROM generate_series(1, %s) g", (QUEUED + CHURNED,))
         c.execute("ALTER TABLE skiplock.jobs ENABLE TRIGGER jobs_after_insert")
+        c.execute("ALTER TABLE skiplock.jobs ENABLE TRIGGER jobs_insert_queued")
         c.execute("ANALYZE skiplock.jobs")  # statistics from before any job ran, as after a bulk load
         for _ in range(CHURNED // 1000):
             claimed = c.execute(q("claim_batch"), dict(CLAIM_PARAMS, limit=1000)).fetchall()

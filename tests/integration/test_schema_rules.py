@@ -77,3 +77,42 @@ def test_views_show_stats_dead_letter_and_stuck_jobs(pg_conn, make_job):
     assert stats == [("default", 1, 1, 1)]
     assert pg_conn.execute("SELECT last_error FROM skiplock.dead_letter").fetchall() == [("boom",)]
     assert len(pg_conn.execute("SELECT id FROM skiplock.stuck_jobs").fetchall()) == 1
+
+
+def test_an_insert_in_any_state_but_queued_is_refused(pg_conn):
+    with pytest.raises(psycopg.errors.CheckViolation, match="inserted queued, not succeeded"):
+        pg_conn.execute("INSERT INTO skiplock.jobs (task, state) VALUES ('echo', 'succeeded')")
+    pg_conn.rollback()
+    with pytest.raises(psycopg.errors.CheckViolation, match="inserted queued, not running"):
+        pg_conn.execute("INSERT INTO skiplock.jobs (task, state, attempt, worker_id, lease_expires_at) "
+                        "VALUES ('echo', 'running', 1, 'w', now() + interval '30s')")
+    pg_conn.rollback()
+    pg_conn.execute("INSERT INTO skiplock.jobs (task) VALUES ('echo')")
+    assert pg_conn.execute("SELECT state FROM skiplock.jobs").fetchall() == [("queued",)]
+
+
+def test_a_running_job_cannot_be_deleted_but_a_finished_one_can(pg_conn, make_job):
+    running = make_job(state="running")
+    done = make_job(state="succeeded", attempt=1)
+    with pytest.raises(psycopg.errors.CheckViolation, match=f"job {running} is running; cancel it"):
+        pg_conn.execute("DELETE FROM skiplock.jobs WHERE id = %s", (running,))
+    pg_conn.rollback()
+    pg_conn.execute("SELECT skiplock.cancel(%s)", (running,))
+    assert pg_conn.execute("DELETE FROM skiplock.jobs WHERE id = ANY(%s)", ([running, done],)).rowcount == 2
+
+
+def test_sql_enqueue_takes_the_recorded_tasks_defaults(pg_conn):
+    pg_conn.execute("INSERT INTO skiplock.tasks (name, queue, priority, max_attempts, timeout, args_schema) "
+                    "VALUES ('report', 'reports', 0, 7, 12.5, '{}')")
+    job = pg_conn.execute("SELECT skiplock.enqueue('report', '{}')").fetchone()[0]
+    row = pg_conn.execute("SELECT queue, priority, max_attempts, timeout FROM skiplock.jobs WHERE id = %s",
+                          (job,)).fetchone()
+    assert row == ("reports", 0, 7, 12.5)
+    # what the caller gives wins over the task's defaults; an unknown task gets the built-in ones
+    job = pg_conn.execute("SELECT skiplock.enqueue('report', '{}', queue => 'adhoc', priority => 'low', "
+                          "max_attempts => 2)").fetchone()[0]
+    assert pg_conn.execute("SELECT queue, priority, max_attempts, timeout FROM skiplock.jobs WHERE id = %s",
+                           (job,)).fetchone() == ("adhoc", 2, 2, 12.5)
+    job = pg_conn.execute("SELECT skiplock.enqueue('unknown_task', '{}')").fetchone()[0]
+    assert pg_conn.execute("SELECT queue, priority, max_attempts, timeout FROM skiplock.jobs WHERE id = %s",
+                           (job,)).fetchone() == ("default", 1, 3, None)

@@ -473,3 +473,21 @@ def test_leases_of_finished_jobs_are_renewed_until_their_acknowledgement_lands(d
     row = job_row(pg_conn, job)
     assert (row["state"], row["attempt"]) == ("succeeded", 1)
     assert history(pg_conn, job) == ["queued", "running", "succeeded"]
+
+
+def test_a_worker_records_its_tasks_so_sql_submitters_get_their_defaults(db_url, pg_conn, reg):
+    """A psql session imports no task code: skiplock.enqueue finds the defaults the worker recorded."""
+    @task(name="nightly", queue="reports", priority="high", max_attempts=6, timeout=9.0, registry=reg)
+    async def nightly(day: str) -> str:
+        return day
+
+    run(drain(db_url, reg))
+    row = pg_conn.execute("SELECT queue, priority, max_attempts, timeout, args_schema->'required' "
+                          "FROM skiplock.tasks WHERE name = 'nightly'").fetchone()
+    assert row == ("reports", 0, 6, 9.0, ["day"])
+    job = pg_conn.execute("SELECT skiplock.enqueue('nightly', '{\"day\": \"mon\"}')").fetchone()[0]
+    pg_conn.commit()
+    assert job_row(pg_conn, job)["queue"] == "reports"
+    run(drain(db_url, reg))
+    r = job_row(pg_conn, job)
+    assert (r["state"], r["max_attempts"], r["timeout"], r["result"]) == ("succeeded", 6, 9.0, "mon")
