@@ -10,15 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
-from skiplock import InvalidInput, SkiplockError, Worker, db, enqueue
+from skiplock import InvalidInput, Operations, SkiplockError, Worker, enqueue
 from skiplock.errors import translate
 
 from . import migrate as migrations
@@ -173,8 +172,16 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _ops(settings: Settings, fn: Callable[[Operations], Awaitable[Any]]) -> Any:
+    """Run one operation against the database in use."""
+    async def go() -> Any:
+        async with Operations.connect(_url(settings), max_size=1) as ops:
+            return await fn(ops)
+    return asyncio.run(go())
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    rows = asyncio.run(_with_conn(_url(settings), db.queue_stats))
+    rows = _ops(settings, lambda ops: ops.queue_stats())
     cols = ["queue", "paused", "ready", "scheduled", "running", "succeeded", "failed", "cancelled",
             "oldest_ready_seconds"]
     print("  ".join(f"{c:>10}" for c in cols))
@@ -185,47 +192,26 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _job_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidInput(f"{value!r} is not a job id (a UUID)", field="id") from None
-
-
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    state = asyncio.run(_with_conn(_url(settings), lambda c: db.retry_job(c, _job_id(args.id))))
-    print(f"skiplock: job {args.id} is {state}")
+    job = _ops(settings, lambda ops: ops.retry(args.id))
+    print(f"skiplock: job {job['id']} is {job['state']}")
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    state = asyncio.run(_with_conn(_url(settings), lambda c: db.cancel_job(c, _job_id(args.id))))
-    print(f"skiplock: job {args.id} is {state}")
+    job = _ops(settings, lambda ops: ops.cancel(args.id))
+    print(f"skiplock: job {job['id']} is {job['state']}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(conn: db.AsyncConn) -> dict[str, Any]:
-        job = await db.get_job(conn, _job_id(args.id))
-        if job is None:
-            raise SkiplockError(f"no job {args.id}")
-        job["history"] = await db.get_history(conn, job["id"])
-        return job
-
-    _print(asyncio.run(_with_conn(_url(settings), show)))
+    _print(_ops(settings, lambda ops: ops.get_job(args.id)))
     return 0
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     older = args.older_than if args.older_than is not None else settings.retention_seconds
-
-    async def prune(conn: db.AsyncConn) -> int:
-        total = 0
-        while (n := await db.prune_finished(conn, older_than_seconds=older, limit=1000)) > 0:
-            total += n
-        return total
-
-    print(f"skiplock: pruned {asyncio.run(_with_conn(_url(settings), prune))} finished jobs")
+    print(f"skiplock: pruned {_ops(settings, lambda ops: ops.prune(older_than_seconds=older))} finished jobs")
     return 0
 
 

@@ -25,12 +25,13 @@ from .errors import (
     UnknownTask,
 )
 from .job import PRIORITIES, STATES, uuid7
+from .ops import JobPage, Operations
 from .tasks import Task, TaskRegistry, registry, task
 from .worker import Worker
 
 __all__ = [
     "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",
     "InvalidArguments", "InvalidInput", "InvalidTransition", "JobCancelled", "JobContext", "JobNotFound",
-    "JobSpec", "NonRetryableError", "QueueFull", "SkiplockError", "Task", "TaskRegistry", "UnknownTask",
-    "Worker", "enqueue", "enqueue_many", "registry", "task", "uuid7",
+    "JobPage", "JobSpec", "NonRetryableError", "Operations", "QueueFull", "SkiplockError", "Task", "TaskRegistry",
+    "UnknownTask", "Worker", "enqueue", "enqueue_many", "registry", "task", "uuid7",
 ]

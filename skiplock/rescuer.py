@@ -32,26 +32,3 @@ class Rescuer(PeriodicService):
         self.rescued += len(rows)
         return len(rows)
 
-
-class Pruner(PeriodicService):
-    """Deletes finished jobs (and their history) older than `retention_seconds`, in small
-    batches so it never holds many row locks or blocks claims."""
-
-    name = "pruner"
-
-    def __init__(self, pool: AsyncConnectionPool, *, interval: float, retention_seconds: float,
-                 batch: int = 1000) -> None:
-        super().__init__(interval)
-        self.pool = pool
-        self.retention_seconds = retention_seconds
-        self.batch = batch
-
-    async def run_once(self, now: datetime | None = None) -> int:
-        total = 0
-        while True:
-            async with self.pool.connection() as conn:
-                n = await db.prune_finished(conn, older_than_seconds=self.retention_seconds, limit=self.batch,
-                                            now=now)
-            total += n
-            if n < self.batch:
-                return total

@@ -26,7 +26,8 @@ from .events import emit
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .producer import Producer
-from .rescuer import Pruner, Rescuer
+from .pruner import Pruner
+from .rescuer import Rescuer
 from .service import PeriodicService
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry

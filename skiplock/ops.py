@@ -1,0 +1,192 @@
+"""The operations API: one object that the CLI, the HTTP API and your own Python code call to
+inspect and steer jobs and queues. Each operation is composed here once; adapters only parse
+their input and render the answer.
+
+    async with Operations.connect(url) as ops:
+        job = await ops.get_job("01a2...")          # the row and its timeline
+        await ops.retry(job["id"])
+        page = await ops.list_jobs(state="failed", limit=20)
+
+Every method takes a connection from the provider it was built with (a pool by default), so
+an adapter can hand in its own (the HTTP API's tracks outages for its 503s).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from . import admin, db
+from .errors import InvalidInput, JobNotFound, translate
+from .job import STATES, check_queue, check_task_name
+from .pruner import prune_finished_jobs
+
+Connect = Callable[[], AbstractAsyncContextManager[db.AsyncConn]]
+
+MAX_PAGE = 500
+
+
+def parse_job_id(value: str | uuid.UUID, field: str = "id") -> uuid.UUID:
+    """A job id from user input, or InvalidInput naming the field."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        raise InvalidInput(f"{value!r} is not a job id (a UUID)", field=field) from None
+
+
+def encode_cursor(job_id: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
+
+
+def decode_cursor(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Operations:
+    """Inspect and steer jobs and queues (see the module docstring)."""
+
+    def __init__(self, connect: Connect, *, pool: AsyncConnectionPool | None = None) -> None:
+        self._connect = connect
+        self._pool = pool
+
+    @classmethod
+    def from_pool(cls, pool: AsyncConnectionPool) -> Operations:
+        return cls(pool.connection, pool=pool)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, *, max_size: int = 2) -> AsyncIterator[Operations]:
+        """Operations over a small pool of their own, closed on exit."""
+        pool = db.make_pool(url, min_size=1, max_size=max_size, name="skiplock-ops")
+        await pool.open(wait=True)
+        try:
+            yield cls.from_pool(pool)
+        finally:
+            await pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[db.AsyncConn]:
+        """A connection; database errors leave as SkiplockErrors (by constraint name)."""
+        async with self._connect() as conn:
+            try:
+                yield conn
+            except psycopg.OperationalError:
+                raise  # the adapter decides what an outage means (503, exit code 4)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+
+    # -- jobs ---------------------------------------------------------------------------------
+    async def get_job(self, job_id: str | uuid.UUID) -> dict[str, Any]:
+        """The job's row with its timeline under "history" (oldest first); JobNotFound if none."""
+        jid = parse_job_id(job_id)
+        async with self._conn() as conn:
+            row = await db.get_job(conn, jid)
+            if row is None:
+                raise JobNotFound(f"no job {jid}", field="id")
+            row["history"] = await db.get_history(conn, jid)
+        return row
+
+    async def list_jobs(self, *, queue: str | None = None, state: str | None = None, task: str | None = None,
+                        batch: str | uuid.UUID | None = None, limit: int = 50,
+                        cursor: str | None = None) -> JobPage:
+        """Newest first; `next_cursor` continues with older jobs (keyset on the time-ordered id,
+        so inserts during paging never shift or repeat a page)."""
+        if state is not None and state not in STATES:
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state", value=state)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit", value=limit)
+        batch_id = parse_job_id(batch, field="batch") if batch is not None else None
+        before = decode_cursor(cursor) if cursor is not None else None
+        async with self._conn() as conn:
+            rows = await admin.list_jobs(conn, queue=check_queue(queue) if queue is not None else None,
+                                         state=state, task=check_task_name(task) if task is not None else None,
+                                         batch_id=batch_id, before=before, limit=limit + 1)
+        jobs = rows[:limit]
+        return JobPage(jobs, encode_cursor(jobs[-1]["id"]) if len(rows) > limit else None)
+
+    async def cancel(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
+        """queued or running → cancelled (a running job's worker stops it); InvalidTransition
+        otherwise. Returns the job's row."""
+        return await self._transition(db.cancel_job, job_id, correlation_id)
+
+    async def retry(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
+        """failed or cancelled → queued, with a fresh round of attempts; InvalidTransition
+        otherwise. Returns the job's row."""
+        return await self._transition(db.retry_job, job_id, correlation_id)
+
+    async def _transition(self, action: Callable[[db.AsyncConn, uuid.UUID], Any], job_id: str | uuid.UUID,
+                          correlation_id: str | None) -> dict[str, Any]:
+        jid = parse_job_id(job_id)
+        async with self._conn() as conn:
+            async with conn.transaction():
+                await db.set_correlation_id(conn, correlation_id)
+                await action(conn, jid)
+            row = await db.get_job(conn, jid)
+        if row is None:  # pruned between the transition and the read
+            raise JobNotFound(f"no job {jid}", field="id")
+        return row
+
+    async def prune(self, *, older_than_seconds: float, now: datetime | None = None) -> int:
+        """Delete finished jobs older than `older_than_seconds` (what the worker's pruner does)."""
+        if self._pool is None:
+            raise RuntimeError("Operations.prune needs a pool (Operations.from_pool or .connect)")
+        try:
+            return await prune_finished_jobs(self._pool, older_than_seconds=older_than_seconds, now=now)
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    # -- queues -------------------------------------------------------------------------------
+    async def queues(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Every queue: counts by state, throughput, oldest waiting age, paused, limits."""
+        async with self._conn() as conn:
+            return await admin.queue_overview(conn, now)
+
+    async def queue_stats(self) -> list[dict[str, Any]]:
+        """skiplock.queue_stats: counts by state per queue (what `skiplock status` prints)."""
+        async with self._conn() as conn:
+            return await db.queue_stats(conn)
+
+    async def pause_queue(self, name: str) -> dict[str, Any]:
+        """Workers stop claiming from the queue; it still accepts jobs."""
+        return await self._set_paused(name, True)
+
+    async def resume_queue(self, name: str) -> dict[str, Any]:
+        return await self._set_paused(name, False)
+
+    async def _set_paused(self, name: str, paused: bool) -> dict[str, Any]:
+        name = check_queue(name, field="name")
+        async with self._conn() as conn:
+            row = await db.set_paused(conn, name, paused)
+        assert row is not None
+        return row
+
+    async def set_queue_limits(self, name: str, *, max_waiting: int | None) -> dict[str, Any]:
+        """Beyond `max_waiting` waiting jobs, submissions to the queue are refused (QueueFull)."""
+        name = check_queue(name, field="name")
+        async with self._conn() as conn:
+            row = await admin.set_max_waiting(conn, name, max_waiting)
+        assert row is not None
+        return row

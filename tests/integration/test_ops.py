@@ -1,0 +1,65 @@
+"""The operations API (skiplock.Operations): what the CLI and the HTTP API call."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from skiplock import InvalidInput, InvalidTransition, JobNotFound, Operations
+
+
+def ops_run(db_url: str, fn: Callable[[Operations], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        async with Operations.connect(db_url) as ops:
+            return await fn(ops)
+    return asyncio.run(go())
+
+
+def test_show_cancel_retry_with_the_timeline_and_correlation_id(db_url, make_job):
+    job = make_job(state="queued")
+    shown = ops_run(db_url, lambda o: o.get_job(str(job)))
+    assert (shown["state"], [h["state"] for h in shown["history"]]) == ("queued", ["queued"])
+    assert ops_run(db_url, lambda o: o.cancel(job, correlation_id="op-1"))["state"] == "cancelled"
+    assert ops_run(db_url, lambda o: o.retry(job, correlation_id="op-2"))["state"] == "queued"
+    history = ops_run(db_url, lambda o: o.get_job(job))["history"]
+    assert [(h["state"], h["correlation_id"]) for h in history][1:] == [("cancelled", "op-1"), ("queued", "op-2")]
+    with pytest.raises(InvalidTransition, match="only failed or cancelled"):
+        ops_run(db_url, lambda o: o.retry(job))
+
+
+def test_bad_ids_and_unknown_jobs_are_named(db_url):
+    with pytest.raises(InvalidInput, match="'nope' is not a job id") as e:
+        ops_run(db_url, lambda o: o.cancel("nope"))
+    assert e.value.field == "id"
+    with pytest.raises(JobNotFound):
+        ops_run(db_url, lambda o: o.get_job(uuid.uuid4()))
+
+
+def test_list_pages_newest_first_with_filters(db_url, make_job):
+    ids = [make_job(state="queued", queue="a") for _ in range(5)] + [make_job(state="failed", queue="b", attempt=3)]
+    first = ops_run(db_url, lambda o: o.list_jobs(queue="a", limit=3))
+    second = ops_run(db_url, lambda o: o.list_jobs(queue="a", limit=3, cursor=first.next_cursor))
+    assert [j["id"] for j in first.jobs + second.jobs] == ids[4::-1] and second.next_cursor is None
+    assert [j["id"] for j in ops_run(db_url, lambda o: o.list_jobs(state="failed")).jobs] == [ids[5]]
+    for kw, field in [({"state": "done"}, "state"), ({"limit": 0}, "limit"), ({"limit": True}, "limit"),
+                      ({"cursor": "!!"}, "cursor"), ({"queue": "Bad Q"}, "queue"), ({"batch": "x"}, "batch")]:
+        with pytest.raises(InvalidInput) as e:
+            ops_run(db_url, lambda o, kw=kw: o.list_jobs(**kw))
+        assert e.value.field == field
+
+
+def test_queues_pause_resume_limits_and_prune(db_url, make_job, pg_conn):
+    make_job(state="queued", queue="mail")
+    assert ops_run(db_url, lambda o: o.pause_queue("mail"))["paused"] is True
+    assert ops_run(db_url, lambda o: o.set_queue_limits("mail", max_waiting=5))["max_waiting"] == 5
+    [mail] = [q for q in ops_run(db_url, lambda o: o.queues()) if q["queue"] == "mail"]
+    assert (mail["paused"], mail["max_waiting"]) == (True, 5)
+    assert ops_run(db_url, lambda o: o.resume_queue("mail"))["paused"] is False
+    old = make_job(state="succeeded", attempt=1, finished_at=__import__("datetime").datetime(2000, 1, 1,
+                   tzinfo=__import__("datetime").timezone.utc))
+    assert ops_run(db_url, lambda o: o.prune(older_than_seconds=3600)) == 1
+    assert pg_conn.execute("SELECT count(*) FROM skiplock.jobs WHERE id = %s", (old,)).fetchone()[0] == 0
