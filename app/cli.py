@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("id")
     pr = sub.add_parser("prune", help="delete finished jobs older than the retention")
     pr.add_argument("--older-than", type=float, help="seconds (default: SKIPLOCK_RETENTION_SECONDS)")
+    h = sub.add_parser("health", help="exit 0 if the database answers at the current schema revision")
+    h.add_argument("--worker", action="store_true",
+                   help="also require a worker on this host whose heartbeat is within one lease")
     sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     return p
@@ -215,6 +219,27 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    """For container health checks: 0 healthy, 1 not (the reason on stderr), 4 database down."""
+    async def check(ops: Operations) -> str | None:
+        revision = await ops.schema_revision()
+        if revision != migrations.head_revision():
+            return f"schema at revision {revision}, expected {migrations.head_revision()} (run `skiplock migrate`)"
+        if args.worker:
+            host = socket.gethostname()
+            live = [w for w in await ops.workers(hostname=host) if w["heartbeat_age_seconds"] < settings.lease_seconds]
+            if not live:
+                return f"no worker on {host} has renewed its heartbeat within {settings.lease_seconds:g}s"
+        return None
+
+    problem = _ops(settings, check)
+    if problem:
+        print(f"skiplock: unhealthy: {problem}", file=sys.stderr)
+        return 1
+    print("skiplock: healthy")
+    return 0
+
+
 def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
     print(_url(settings))
     return 0
@@ -297,5 +322,5 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "url": cmd_url, "stop-db": cmd_stop_db,
+    "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
 }

@@ -190,3 +190,14 @@ class Operations:
             row = await admin.set_max_waiting(conn, name, max_waiting)
         assert row is not None
         return row
+
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at (None before the first migration)."""
+        async with self._conn() as conn:
+            return await admin.schema_revision(conn)
+
+    # -- workers ------------------------------------------------------------------------------
+    async def workers(self, *, hostname: str | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Registered workers (optionally of one host) with the age of their last heartbeat."""
+        async with self._conn() as conn:
+            return await db.fetch_all(conn, "list_workers", {"hostname": hostname, "now": now})

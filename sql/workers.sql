@@ -15,3 +15,11 @@ DELETE FROM skiplock.workers WHERE id = %(id)s;
 -- Workers that stopped heartbeating long ago (killed); their jobs are the rescuer's.
 DELETE FROM skiplock.workers
  WHERE heartbeat_at < coalesce(%(now)s, now()) - make_interval(secs => %(older_than_seconds)s);
+
+-- name: list_workers
+-- Live workers, newest first, with the seconds since their last heartbeat.
+SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at,
+       extract(epoch FROM coalesce(%(now)s, now()) - heartbeat_at)::double precision AS heartbeat_age_seconds
+  FROM skiplock.workers
+ WHERE %(hostname)s::text IS NULL OR hostname = %(hostname)s
+ ORDER BY started_at DESC;

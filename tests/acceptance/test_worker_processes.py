@@ -94,3 +94,18 @@ def test_cli_enqueue_status_cancel_retry(db_url):
     again = cli(["retry", job_id], env, check=False)
     assert again.returncode == 2 and "only failed or cancelled" in again.stderr
     assert counts(db_url) == {"queued": 1}
+
+
+def test_health_with_worker_is_healthy_only_while_a_worker_of_this_host_heartbeats(db_url, tmp_path: Path):
+    env = skiplock_env(db_url, lease_seconds=LEASE, poll_interval=0.2)
+    assert cli(["health"], env).returncode == 0
+    alone = cli(["health", "--worker"], env, check=False)
+    assert alone.returncode == 1 and "no worker on" in alone.stderr
+    worker = start(["worker"], env, tmp_path / "w.log")
+    try:
+        wait_for(lambda: scalar(db_url, "SELECT count(*) FROM skiplock.workers"), 30, "the worker to register")
+        assert cli(["health", "--worker"], env).returncode == 0
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert cli(["health", "--worker"], env, check=False).returncode == 1  # unregistered on exit
