@@ -31,7 +31,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     if not settings.database_url:
         raise ValueError("create_app: settings.database_url is required")
     pool = db.make_pool(settings.database_url, min_size=1, max_size=pool_size, name="skiplock-api",
-                        timeout=pool_timeout)
+                        timeout=pool_timeout, check="passive")
     wakeups = Wakeups(settings.database_url)
     state = ApiState(pool=pool, settings=settings, registry=registry if registry is not None else default_registry,
                      wakeups=wakeups)
