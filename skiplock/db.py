@@ -50,7 +50,7 @@ class PassivePool(AsyncConnectionPool):
     """A pool that hands out only connections the server has not closed, at the cost of a
     poll() per checkout (see make_pool's check="passive")."""
 
-    async def getconn(self, timeout: float | None = None) -> AsyncConn:
+    async def getconn(self, timeout: float | None = None) -> AsyncConn:  # noqa: ASYNC109 - the pool's signature
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             conn = await super().getconn(max(0.0, deadline - time.monotonic()))

@@ -48,7 +48,8 @@ job_bodies = st.fixed_dictionaries({}, optional={
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=db_url)), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Settings(database_url=db_url)), raise_server_exceptions=False,
+                    headers={"Content-Type": "application/json"}) as c:
         yield c
 
 
