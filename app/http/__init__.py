@@ -85,22 +85,27 @@ class MethodNotAllowed:
 
 
 def with_405(routes: list[Route]) -> list[Route]:
-    """Starlette takes a route matching path and method over an earlier one matching the path
-    only, so GET /jobs/bulk would reach GET /jobs/{job_id} (422 "not a job id") instead of 405.
-    After the last route of each fixed path that a parameter route also matches, a catch-all
-    for that path answers the other methods 405."""
-    methods: dict[str, list[str]] = {}
+    """The routes, plus for each path a catch-all answering its other methods 405 with the
+    whole Allow list (Starlette alone names only the first route's methods).
+
+    Starlette takes a route matching path and method over an earlier one matching the path
+    only, so GET /jobs/bulk would reach GET /jobs/{job_id} (422 "not a job id"): the
+    catch-all of a fixed path that a parameter route also matches comes right after that
+    path's last route; the others come after every route."""
+    methods: dict[str, set[str]] = {}
     for r in routes:
-        methods.setdefault(r.path, []).extend(sorted((r.methods or set()) - {"HEAD"}))
+        methods.setdefault(r.path, set()).update(r.methods or ())
     last = {r.path: i for i, r in enumerate(routes)}
-    out: list[Route] = []
+    inline: list[Route] = []
+    after: list[Route] = []
     for i, r in enumerate(routes):
-        out.append(r)
-        shadowed = "{" not in r.path and any(
-            "{" in p.path and p.path_regex.match(r.path) for p in routes)
-        if shadowed and last[r.path] == i:
-            out.append(Route(r.path, MethodNotAllowed(methods[r.path]), include_in_schema=False))
-    return out
+        inline.append(r)
+        if last[r.path] != i:
+            continue
+        catch_all = Route(r.path, MethodNotAllowed(sorted(methods[r.path])), include_in_schema=False)
+        shadowed = "{" not in r.path and any("{" in p.path and p.path_regex.match(r.path) for p in routes)
+        (inline if shadowed else after).append(catch_all)
+    return inline + after
 
 
 def effective_host(settings: Settings, host: str) -> str:
