@@ -253,18 +253,17 @@ def cmd_stop_db(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from .http import create_app, effective_host
+    from .http.server import serve
 
     load_tasks(settings)
     with _serving_database(settings) as url:
-        api_settings = settings.model_copy(update={"database_url": url})
-        host = effective_host(api_settings, args.host or settings.host)
+        host = effective_host(settings, args.host or settings.host)
+        api_settings = settings.model_copy(update={"database_url": url, "host": host})
         # uvicorn re-raises the SIGTERM it caught once it has shut down; with this handler that
         # becomes a clean exit, so our `finally` blocks (worker, embedded cluster) still run.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        uvicorn.run(create_app(api_settings), host=host, port=args.port or settings.port, log_level="warning")
+        serve(create_app(api_settings), api_settings, host=host, port=args.port or settings.port)
     return 0
 
 

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     max_args_bytes: int = Field(default=256 * 1024, gt=0, le=64 * 1024 * 1024)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_bulk_jobs: int = Field(default=10_000, gt=0, le=100_000)
+    allowed_hosts: str = Field(default="", description="Comma-separated host names the API answers to (the Host "
+                               "header, port ignored); empty: localhost, 127.0.0.1, [::1] and SKIPLOCK_HOST; *: any")
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024,
+                                  description="Bound on a request's line and headers together")
+    header_timeout: float = Field(default=10.0, gt=0, le=3600,
+                                  description="Seconds a client has to send a request's line and headers")
+    body_timeout: float = Field(default=10.0, gt=0, le=3600,
+                                description="Longest wait for the next part of a request body (seconds)")
+    keep_alive_timeout: int = Field(default=5, ge=1, le=3600,
+                                    description="An idle keep-alive connection is closed after this (seconds)")
     log_level: str = "INFO"
 
     @field_validator("log_level")

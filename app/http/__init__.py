@@ -7,8 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from app.settings import Settings
 from skiplock import db
@@ -16,10 +19,11 @@ from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
 from skiplock.wakeup import Wakeups
 
-from . import jobs, queues, system
+from . import access, jobs, queues, system
 from .auth import Guard
 from .context import ApiState
 from .errors import HANDLERS
+from .transport import BodyTimeout, body_timeout, client_gone
 
 log = logging.getLogger("skiplock.http")
 
@@ -31,7 +35,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     if not settings.database_url:
         raise ValueError("create_app: settings.database_url is required")
     pool = db.make_pool(settings.database_url, min_size=1, max_size=pool_size, name="skiplock-api",
-                        timeout=pool_timeout)
+                        timeout=pool_timeout, check="passive")
     wakeups = Wakeups(settings.database_url)
     state = ApiState(pool=pool, settings=settings, registry=registry if registry is not None else default_registry,
                      wakeups=wakeups)
@@ -61,16 +65,56 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/health", system.health, methods=["GET"]),
         Route("/openapi.json", system.openapi, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=HANDLERS,
-                    middleware=[Middleware(Guard, tokens=settings.token_list, max_body_bytes=settings.max_body_bytes)])
+    guard = Middleware(Guard, tokens=settings.token_list, max_body_bytes=settings.max_body_bytes,
+                       allowed_hosts=access.allowed_hosts(settings), body_timeout=settings.body_timeout)
+    app = Starlette(routes=with_405(routes), lifespan=lifespan, middleware=[guard],
+                    exception_handlers={**HANDLERS, BodyTimeout: body_timeout, ClientDisconnect: client_gone})
     app.state.api = state
     return app
+
+
+class MethodNotAllowed:
+    """An endpoint answering 405 (with Allow) to every method."""
+
+    def __init__(self, allowed: list[str]) -> None:
+        self.allow = ", ".join(allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise HTTPException(405, f"{scope['method']} is not allowed here; allowed: {self.allow}",
+                            headers={"Allow": self.allow})
+
+
+def with_405(routes: list[Route]) -> list[Route]:
+    """The routes, plus for each path a catch-all answering its other methods 405 with the
+    whole Allow list (Starlette alone names only the first route's methods).
+
+    Starlette takes a route matching path and method over an earlier one matching the path
+    only, so GET /jobs/bulk would reach GET /jobs/{job_id} (422 "not a job id"): the
+    catch-all of a fixed path that a parameter route also matches comes right after that
+    path's last route; the others come after every route."""
+    methods: dict[str, set[str]] = {}
+    for r in routes:
+        methods.setdefault(r.path, set()).update(r.methods or ())
+    last = {r.path: i for i, r in enumerate(routes)}
+    inline: list[Route] = []
+    after: list[Route] = []
+    for i, r in enumerate(routes):
+        inline.append(r)
+        if last[r.path] != i:
+            continue
+        catch_all = Route(r.path, MethodNotAllowed(sorted(methods[r.path])), include_in_schema=False)
+        shadowed = "{" not in r.path and any("{" in p.path and p.path_regex.match(r.path) for p in routes)
+        (inline if shadowed else after).append(catch_all)
+    return inline + after
 
 
 def effective_host(settings: Settings, host: str) -> str:
     """Without API tokens the API serves 127.0.0.1 only, whatever was asked, and says so."""
     if settings.token_list:
         log.info("API tokens configured (%d); serving %s", len(settings.token_list), host)
+        if not settings.allowed_hosts and access.normalize_host(host) in access.WILDCARD_ADDRESSES:
+            log.warning("serving %s with SKIPLOCK_ALLOWED_HOSTS unset: requests naming a host other than "
+                        "localhost, 127.0.0.1 or [::1] are refused (421); list the names clients use", host)
         return host
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("no SKIPLOCK_API_TOKENS set: refusing to serve %s; serving 127.0.0.1 only", host)

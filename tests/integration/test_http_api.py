@@ -79,8 +79,9 @@ def test_bad_input_is_422_naming_the_field_and_stores_nothing(client: TestClient
 
 
 def test_invalid_json_and_empty_body_are_422(client: TestClient):
-    assert err(client.post("/jobs", content=b"{nope"), 422)["details"]["field"] == "body"
-    assert err(client.post("/jobs", content=b""), 422)["details"]["field"] == "body"
+    json_type = {"Content-Type": "application/json"}
+    assert err(client.post("/jobs", content=b"{nope", headers=json_type), 422)["details"]["field"] == "body"
+    assert err(client.post("/jobs", content=b"", headers=json_type), 422)["details"]["field"] == "body"
 
 
 def test_idempotency_key_201_then_200_same_job_then_409_for_a_different_body(client: TestClient):
@@ -226,7 +227,8 @@ def test_oversized_body_is_413(db_url: str):
             yield b"x" * 5000
             yield b'"}}'
 
-        err(c.post("/jobs", content=chunks()), 413, "payload_too_large")
+        err(c.post("/jobs", content=chunks(), headers={"Content-Type": "application/json"}), 413,
+            "payload_too_large")
 
 
 def test_without_tokens_the_server_binds_loopback_only():

@@ -48,7 +48,8 @@ job_bodies = st.fixed_dictionaries({}, optional={
 
 @pytest.fixture
 def client(db_url: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(database_url=db_url)), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Settings(database_url=db_url)), raise_server_exceptions=False,
+                    headers={"Content-Type": "application/json"}) as c:
         yield c
 
 
@@ -63,10 +64,12 @@ OPERATIONS = [(re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path
 
 
 def documented(method: str, path: str) -> dict[str, Any] | None:
-    """The documented responses of the operation the router picks (first match, as Starlette)."""
-    for pattern, _, ops in OPERATIONS:
-        if pattern.match(path) and method.lower() in ops:
-            return dict(ops[method.lower()]["responses"])
+    """The documented responses of the operation the router picks: the path's own, a fixed
+    path before a parameter path that also matches (GET /jobs/bulk is 405, not GET /jobs/{id});
+    None when the path has no such method (405) or matches nothing (404)."""
+    for pattern, _, ops in sorted(OPERATIONS, key=lambda op: "{" in op[1]):
+        if pattern.match(path):
+            return dict(ops[method.lower()]["responses"]) if method.lower() in ops else None
     return None
 
 
