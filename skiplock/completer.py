@@ -156,7 +156,7 @@ class Completer:
                 checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
                 progresses=_column([db.jsonb(o.progress) for o in batch]))
         except Exception as exc:
-            if not refused(exc) or (len(batch) == 1 and batch[0].refused):
+            if not _refused(exc) or (len(batch) == 1 and batch[0].refused):
                 raise  # a connection's fault, or even the bare failure was refused: retry later
             if len(batch) > 1:
                 half = len(batch) // 2
@@ -186,7 +186,7 @@ class Completer:
                 checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None for c in live],
                 progresses=[db.jsonb(c.pending_progress) for c in live])
         except Exception as exc:
-            if not refused(exc):
+            if not _refused(exc):
                 raise
             if len(live) > 1:
                 half = len(live) // 2
@@ -200,7 +200,7 @@ class Completer:
                  error=f"progress or checkpoint refused: {type(exc).__name__}: {exc}".strip())
 
 
-def refused(exc: BaseException) -> bool:
+def _refused(exc: BaseException) -> bool:
     """The database refused what was sent (SQLSTATE class 22, a data exception, or 23, a
     constraint), or psycopg could not convert it: the content's fault, not the connection's."""
     if isinstance(exc, psycopg.Error):
@@ -210,9 +210,10 @@ def refused(exc: BaseException) -> bool:
 
 def _refused_outcome(o: Outcome, exc: BaseException) -> Outcome:
     """The job's failure in place of an outcome the database refused, without the values."""
-    error = (f"the database refused this job's outcome ({o.state}, with its result, checkpoint, progress and "
-             f"error): {type(exc).__name__}: {exc}. The job failed without retrying; the handler's own "
-             f"error was: {o.error or '-'}")
+    error = (f"the database refused this job's outcome ({o.state}): {type(exc).__name__}: {exc}. The job "
+             "failed without retrying; its result, checkpoint and progress were not stored.")
+    if o.error:
+        error += f" The handler's error was:\n{o.error}"
     return Outcome(job_id=o.job_id, attempt=o.attempt, state="failed", task=o.task, error=safe_text(error),
                    duration=o.duration, refused=True)
 
