@@ -52,7 +52,10 @@ def to_json(value: Any, *, what: str, limit: int) -> bytes:
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
         raise Unstorable(f"{what} contains the NUL character (\\u0000), which PostgreSQL cannot store")
     if "{" in text:  # no object, no key to merge
-        clash = _merged_key(value)
+        try:
+            clash = _merged_key(value)
+        except Exception as exc:  # noqa: BLE001 - a dict subclass's own methods raised
+            raise Unstorable(f"{what} could not be read: {type(exc).__name__}: {exc}") from None
         if clash is not None:
             raise Unstorable(f"{what} has two keys in one object that JSON stores as the same key {clash!r} "
                              "(JSON keys are strings); one value would be lost")
