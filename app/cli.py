@@ -139,7 +139,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                         concurrency=args.concurrency or settings.concurrency, lease_seconds=settings.lease_seconds,
                         poll_interval=settings.poll_interval, grace_seconds=settings.grace_seconds,
                         rescue_interval=settings.rescue_interval,
-                        retention_seconds=settings.retention_seconds or None, burst=args.burst)
+                        retention_seconds=settings.retention_seconds or None, burst=args.burst,
+                        max_result_bytes=settings.max_result_bytes)
 
         async def go() -> None:
             worker.install_signal_handlers()

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     rescue_interval: float = Field(default=5.0, gt=0, le=3600)
     retention_seconds: float = Field(default=7 * 86400, ge=0, description="Finished jobs are pruned after this")
     max_args_bytes: int = Field(default=256 * 1024, gt=0, le=64 * 1024 * 1024)
+    max_result_bytes: int = Field(default=1024 * 1024, gt=0, le=64 * 1024 * 1024,
+                                  description="Bound on a job's result and checkpoint: UTF-8 bytes of the JSON")
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_bulk_jobs: int = Field(default=10_000, gt=0, le=100_000)
     allowed_hosts: str = Field(default="", description="Comma-separated host names the API answers to (the Host "

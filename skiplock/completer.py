@@ -1,7 +1,11 @@
 """Buffered, fenced acknowledgements. Handlers' outcomes (and progress/checkpoint updates)
 are collected and written one statement per flush: the flush starts as soon as something
 is buffered, so under load batches grow by themselves while idle latency stays one round
-trip. An outcome the database did not confirm stays buffered and is retried."""
+trip. An outcome the database did not confirm stays buffered and is retried.
+
+Values are checked before they are buffered (skiplock.storable). Should the database still
+refuse a batch for its content (a data exception, not a lost connection), the batch is split
+until the refused outcome is found; that job alone fails, saying why, and the rest is written."""
 
 from __future__ import annotations
 
@@ -12,14 +16,19 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .context import JobContext
 from .events import emit
 from .executor import Outcome
+from .storable import safe_text
 
 MAX_BATCH = 1000
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+"""Results and checkpoints per statement: a batch of large results stays far below
+PostgreSQL's 1 GB bound on one value (the jsonb[] array)."""
 
 
 class Completer:
@@ -36,8 +45,8 @@ class Completer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.fenced: list[uuid.UUID] = []
-        self.acknowledged = 0
+        # Confirmed outcomes by the state written, and those fenced (no longer ours: ignored).
+        self.counts = {"succeeded": 0, "queued": 0, "failed": 0, "fenced": 0}
         self.on_flush: Callable[[], None] | None = None  # the producer waits on full buffers
 
     # -- producers of work ------------------------------------------------------------------
@@ -104,7 +113,7 @@ class Completer:
                     failures = 0
                     if self.on_flush is not None:
                         self.on_flush()
-                except (psycopg.Error, OSError) as exc:
+                except Exception as exc:  # noqa: BLE001 - nothing may end the one loop that acknowledges
                     failures += 1
                     emit("skiplock.worker.db_error", worker=self.worker_id, during="acknowledge",
                          error=f"{type(exc).__name__}: {exc}".strip())
@@ -112,40 +121,111 @@ class Completer:
             self._idle.set()
 
     async def run_once(self) -> int:
-        """Write up to MAX_BATCH buffered outcomes and all buffered updates; returns how many
-        outcomes were written. On error nothing is dropped."""
-        batch = self._outcomes[:MAX_BATCH]
+        """Write up to MAX_BATCH buffered outcomes (MAX_BATCH_BYTES) and all buffered updates;
+        returns how many outcomes were written. On error nothing is dropped."""
+        batch = self._next_batch()
         updates = dict(self._updates)
-        written = 0
         async with self.pool.connection() as conn:
             if updates:
                 live = [c for key, c in updates.items() if not any((o.job_id, o.attempt) == key for o in batch)]
                 if live:
-                    await db.update_many_if_held(
-                        conn, worker_id=self.worker_id, ids=[c.job_id for c in live],
-                        attempts=[c.attempt for c in live],
-                        checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None for c in live],
-                        progresses=[db.jsonb(c.pending_progress) for c in live])
+                    await self._update(conn, live)
                 for key, c in updates.items():
                     if self._updates.get(key) is c:
                         del self._updates[key]
-            if batch:
-                changed = await db.finish_many_if_held(
-                    conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
-                    attempts=[o.attempt for o in batch], states=[o.state for o in batch],
-                    results=_column([db.jsonb(o.result) for o in batch]), errors=_column([o.error for o in batch]),
-                    run_ats=_column([o.run_at for o in batch]),
-                    checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
-                    progresses=_column([db.jsonb(o.progress) for o in batch]))
-                del self._outcomes[:len(batch)]
-                written = len(batch)
-                self.acknowledged += len(changed)
-                for o in batch:
-                    if o.job_id not in changed:
-                        self.fenced.append(o.job_id)
-                        emit("skiplock.job.fenced", job_id=o.job_id, task=o.task, attempt=o.attempt,
-                             worker=self.worker_id, reason="no longer held by this attempt; answer ignored")
-        return written
+            return await self._finish(conn, batch) if batch else 0
+
+    def _next_batch(self) -> list[Outcome]:
+        n = total = 0
+        for o in self._outcomes:
+            if n == MAX_BATCH or (n and total + o.size > MAX_BATCH_BYTES):
+                break
+            n += 1
+            total += o.size
+        return self._outcomes[:n]
+
+    async def _finish(self, conn: db.AsyncConn, batch: list[Outcome]) -> int:
+        """Acknowledge `batch`, a prefix of the buffer. A refused batch is split in two; a
+        refused single outcome is replaced, in the buffer too, by the job's failure."""
+        try:
+            changed = await db.finish_many_if_held(
+                conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
+                attempts=[o.attempt for o in batch], states=[o.state for o in batch],
+                results=_column([_stored(o.result_json) for o in batch]),
+                errors=_column([o.error for o in batch]), run_ats=_column([o.run_at for o in batch]),
+                checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
+                progresses=_column([db.jsonb(o.progress) for o in batch]))
+        except Exception as exc:
+            if not _refused(exc) or (len(batch) == 1 and batch[0].refused):
+                raise  # a connection's fault, or even the bare failure was refused: retry later
+            if len(batch) > 1:
+                half = len(batch) // 2
+                return await self._finish(conn, batch[:half]) + await self._finish(conn, batch[half:])
+            assert self._outcomes[0] is batch[0]
+            self._outcomes[0] = failure = _refused_outcome(batch[0], exc)
+            emit("skiplock.job.failed", job_id=failure.job_id, task=failure.task, attempt=failure.attempt,
+                 worker=self.worker_id, traceback=failure.error)
+            return await self._finish(conn, [failure])
+        del self._outcomes[:len(batch)]  # sub-batches are written in order: each is the prefix
+        counts = self.counts
+        for o in batch:
+            if o.job_id in changed:
+                counts[o.state] += 1
+            else:
+                counts["fenced"] += 1
+                emit("skiplock.job.fenced", job_id=o.job_id, task=o.task, attempt=o.attempt,
+                     worker=self.worker_id, reason="no longer held by this attempt; answer ignored")
+        return len(batch)
+
+    async def _update(self, conn: db.AsyncConn, live: list[JobContext]) -> None:
+        """Write progress and checkpoints; a refused batch is split, and a refused single
+        update dropped: the job's outcome carries the same values and fails alone."""
+        try:
+            await db.update_many_if_held(
+                conn, worker_id=self.worker_id, ids=[c.job_id for c in live], attempts=[c.attempt for c in live],
+                checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None for c in live],
+                progresses=[db.jsonb(c.pending_progress) for c in live])
+        except Exception as exc:
+            if not _refused(exc):
+                raise
+            if len(live) > 1:
+                half = len(live) // 2
+                await self._update(conn, live[:half])
+                await self._update(conn, live[half:])
+                return
+            c = live[0]
+            if self._updates.get((c.job_id, c.attempt)) is c:
+                del self._updates[(c.job_id, c.attempt)]
+            emit("skiplock.worker.db_error", worker=self.worker_id, during="update", job_id=c.job_id,
+                 error=f"progress or checkpoint refused: {type(exc).__name__}: {exc}".strip())
+
+
+def _refused(exc: BaseException) -> bool:
+    """The database refused what was sent (SQLSTATE class 22, a data exception, or 23, a
+    constraint), or psycopg could not convert it: the content's fault, not the connection's."""
+    if isinstance(exc, psycopg.Error):
+        return isinstance(exc, psycopg.DataError | psycopg.IntegrityError)
+    return isinstance(exc, TypeError | ValueError)
+
+
+def _refused_outcome(o: Outcome, exc: BaseException) -> Outcome:
+    """The job's failure in place of an outcome the database refused, without the values."""
+    error = (f"the database refused this job's outcome ({o.state}): {type(exc).__name__}: {exc}. The job "
+             "failed without retrying; its result, checkpoint and progress were not stored.")
+    if o.error:
+        error += f" The handler's error was:\n{o.error}"
+    return Outcome(job_id=o.job_id, attempt=o.attempt, state="failed", task=o.task, error=safe_text(error),
+                   duration=o.duration, refused=True)
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def _stored(data: bytes | None) -> Jsonb | None:
+    """A result already serialised and checked by the executor: sent as it is."""
+    return None if data is None else Jsonb(data, dumps=_same)
+
 
 def _column(values: list[Any]) -> list[Any] | None:
     """A column of the acknowledgement, or None when every value is NULL (no-op jobs: no

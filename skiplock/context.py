@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import InvalidInput, JobCancelled
+from .storable import MAX_RESULT_BYTES, to_json
 
 
 class JobContext:
@@ -15,11 +16,14 @@ class JobContext:
 
     `checkpoint` is what the previous attempt saved (None on the first run); `save_checkpoint`
     and `progress` are stored promptly, fenced to this attempt, and both are visible in psql
-    (`skiplock.jobs.checkpoint`, `.progress`). Both work from async and sync handlers.
+    (`skiplock.jobs.checkpoint`, `.progress`). Both work from async and sync handlers, and
+    both raise InvalidInput, in the handler, for a value that cannot be stored (see
+    skiplock.storable) or is larger than `max_json_bytes`.
     """
 
     def __init__(self, *, job_id: uuid.UUID, task: str, queue: str, attempt: int, max_attempts: int,
-                 checkpoint: Any, worker_id: str, on_update: Callable[[JobContext], None]) -> None:
+                 checkpoint: Any, worker_id: str, on_update: Callable[[JobContext], None],
+                 max_json_bytes: int = MAX_RESULT_BYTES) -> None:
         self.job_id = job_id
         self.task = task
         self.queue = queue
@@ -28,10 +32,12 @@ class JobContext:
         self.checkpoint = checkpoint
         self.worker_id = worker_id
         self._on_update = on_update
+        self.max_json_bytes = max_json_bytes
         self._cancelled = False  # set from the event loop, read from any thread: a plain flag
         self.pending_progress: dict[str, Any] | None = None
         self.pending_checkpoint: Any = None
         self.has_checkpoint = False
+        self.checkpoint_bytes = 0
 
     @property
     def cancelled(self) -> bool:
@@ -49,13 +55,20 @@ class JobContext:
         """Report progress: 0-100 and an optional message."""
         if not 0 <= percent <= 100:
             raise InvalidInput(f"progress percent must be within 0..100, not {percent}", field="percent")
-        self.pending_progress = {"percent": float(percent), "message": message}
+        if message is not None and not isinstance(message, str):
+            raise InvalidInput(f"progress message must be a string or None, not {type(message).__name__}",
+                               field="message")
+        report = {"percent": float(percent), "message": message}
+        to_json(report, what="the progress report", limit=self.max_json_bytes)
+        self.pending_progress = report
         self._on_update(self)
 
     def save_checkpoint(self, data: Any) -> None:
-        """Save JSON-serialisable state; the next attempt receives it as `ctx.checkpoint`."""
-        json.dumps(data)  # fail here, in the handler, if it cannot be stored
+        """Save JSON state; the next attempt receives it as `ctx.checkpoint`. What is stored is
+        `data` as it is now: later changes to the same object are not saved."""
+        stored = to_json(data, what="the checkpoint", limit=self.max_json_bytes)
         self.checkpoint = data
-        self.pending_checkpoint = data
+        self.pending_checkpoint = json.loads(stored)  # a copy, checked: the handler may change `data`
+        self.checkpoint_bytes = len(stored)
         self.has_checkpoint = True
         self._on_update(self)

@@ -1,12 +1,17 @@
 """Runs one claimed job: resolve its task, validate its arguments, call the handler under
-its timeout, and turn whatever happens into an Outcome for the completer."""
+its timeout, and turn whatever happens into an Outcome for the completer.
+
+Whatever a handler returns or raises is that job's outcome and nothing else's: an exception
+of any class (SystemExit, KeyboardInterrupt, its own CancelledError...) ends the attempt
+with the exception recorded, and a result that cannot be stored fails the job."""
 
 from __future__ import annotations
 
 import asyncio
-import json
+import inspect
 import traceback
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +19,7 @@ from typing import Any
 from .context import JobContext
 from .errors import JobCancelled, NonRetryableError, SkiplockError
 from .job import ClaimedJob
+from .storable import MAX_RESULT_BYTES, Unstorable, safe_text, to_json
 from .tasks import TaskRegistry
 
 
@@ -25,35 +31,76 @@ class Outcome:
     attempt: int
     state: str  # succeeded | queued (retry) | failed
     task: str
-    result: Any = None
+    result_json: bytes | None = None  # the result as stored: UTF-8 JSON, checked (skiplock.storable)
     error: str | None = None
     run_at: datetime | None = None
     checkpoint: Any = None
     has_checkpoint: bool = False
     progress: dict[str, Any] | None = None
     duration: float = 0.0
+    size: int = 0  # bytes of result and checkpoint: the completer bounds a batch by it
+    refused: bool = False  # the database refused the handler's outcome; this is its replacement
 
 
 def _error_text(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).strip()[:20_000]
+    text = "".join(traceback.format_exception(exc)).strip()
+    if isinstance(exc, asyncio.CancelledError):
+        text += ("\n(the handler raised CancelledError itself; the worker did not cancel this job: "
+                 "it ends this attempt like any exception)")
+    elif not isinstance(exc, Exception):
+        text += f"\n(raised by the handler: {type(exc).__name__} ends this job's attempt, not the worker)"
+    return safe_text(text)
+
+
+async def _contained(call: Awaitable[Any], ctx: JobContext) -> tuple[BaseException | None, Any]:
+    """Await the handler and hand back what it raised instead of raising it. SystemExit and
+    KeyboardInterrupt that escape an asyncio task stop the event loop, i.e. the worker, and
+    any other BaseException would bypass the job's outcome. Only a cancellation the worker
+    asked for (job cancelled or lost, shutdown, timeout) is raised: the task's cancelling()
+    count or the context's flag says so; a CancelledError without either is the handler's."""
+    try:
+        return None, await call
+    except asyncio.CancelledError as exc:
+        current = asyncio.current_task()
+        if ctx.cancelled or (current is not None and current.cancelling()):
+            raise
+        return exc, None
+    except BaseException as exc:  # noqa: BLE001 - whatever the handler raised is its job's outcome
+        return exc, None
+
+
+def _unstorable_result(task: str, result: Any, exc: Unstorable) -> str:
+    hint = ""
+    if inspect.iscoroutine(result) or inspect.isawaitable(result):
+        hint = " (an awaitable: was an async call not awaited?)"
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: closed, so no "never awaited" warning later
+    elif inspect.isgenerator(result) or inspect.isasyncgen(result):
+        hint = " (a generator, whose body never ran: return a list)"
+    return (f"Unstorable result: task {task!r} returned {type(result).__name__}{hint}: {exc.message}. "
+            "Not retried: the same code would return the same value. A result must be JSON: None, "
+            "str, int, float, bool, list, tuple, or dict with string keys.")
 
 
 async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
-                  now: datetime | None = None) -> Outcome:
+                  max_result_bytes: int = MAX_RESULT_BYTES, now: datetime | None = None) -> Outcome:
     """Run the handler; never raises except CancelledError (job cancelled or worker stopping)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    def outcome(state: str, **kw: Any) -> Outcome:
-        return Outcome(job_id=job.id, attempt=job.attempt, state=state, task=job.task,
+    def outcome(state: str, result_json: bytes | None = None, **kw: Any) -> Outcome:
+        size = (len(result_json) if result_json is not None else 0) + ctx.checkpoint_bytes
+        return Outcome(job_id=job.id, attempt=job.attempt, state=state, task=job.task, result_json=result_json,
                        checkpoint=ctx.pending_checkpoint, has_checkpoint=ctx.has_checkpoint,
-                       progress=ctx.pending_progress, duration=loop.time() - started, **kw)
+                       progress=ctx.pending_progress, duration=loop.time() - started, size=size, **kw)
 
     try:
         t = registry.get(job.task)
         kwargs = t.call_kwargs(job.args)
     except SkiplockError as exc:  # a job that can never run here: dead-letter it at once
-        return outcome("failed", error=f"{type(exc).__name__}: {exc.message}")
+        return outcome("failed", error=safe_text(f"{type(exc).__name__}: {exc.message}"))
+    except BaseException as exc:  # noqa: BLE001 - an argument model's own validator raised
+        return outcome("failed", error=_error_text(exc))
     if t.context_param:
         kwargs[t.context_param] = ctx
     try:
@@ -61,24 +108,31 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
             call = t.fn(**kwargs)
         else:
             call = asyncio.to_thread(t.fn, **kwargs)
-        result = await asyncio.wait_for(call, timeout=job.timeout)
-        result = json.loads(json.dumps(result, default=str)) if result is not None else None
-        return outcome("succeeded", result=result)
+        # A sync handler's exceptions, SystemExit included, come back through its thread's future.
+        raised, result = await asyncio.wait_for(_contained(call, ctx), timeout=job.timeout)
     except asyncio.CancelledError:
         ctx.mark_cancelled()
         raise
-    except TimeoutError as exc:
+    except TimeoutError:
         error = f"TimeoutError: task {job.task!r} ran longer than its timeout of {job.timeout}s"
-        return _failure(job, t.retry, outcome, error if str(exc) == "" else _error_text(exc), False, now)
-    except (NonRetryableError, JobCancelled) as exc:
-        return outcome("failed", error=_error_text(exc))
-    except Exception as exc:  # noqa: BLE001 - any handler error is the job's failure, not ours
-        return _failure(job, t.retry, outcome, _error_text(exc), False, now)
+        return _failure(job, t.retry, outcome, error, now)
+    except BaseException as exc:  # noqa: BLE001 - calling the handler raised before it could run
+        raised, result = exc, None
+    if raised is not None:
+        if isinstance(raised, NonRetryableError | JobCancelled):
+            return outcome("failed", error=_error_text(raised))
+        return _failure(job, t.retry, outcome, _error_text(raised), now)
+    if result is None:  # the common case: nothing to check
+        return outcome("succeeded")
+    try:
+        stored = to_json(result, what="it", limit=max_result_bytes)
+    except Unstorable as exc:
+        return outcome("failed", error=safe_text(_unstorable_result(job.task, result, exc)))
+    return outcome("succeeded", result_json=stored)
 
 
-def _failure(job: ClaimedJob, backoff: Any, outcome: Any, error: str, final: bool,
-             now: datetime | None) -> Outcome:
-    if final or job.attempt >= job.max_attempts:
+def _failure(job: ClaimedJob, backoff: Any, outcome: Any, error: str, now: datetime | None) -> Outcome:
+    if job.attempt >= job.max_attempts:
         result: Outcome = outcome("failed", error=error)
         return result
     when = backoff.next_run_at(job.attempt, now or datetime.now(UTC))

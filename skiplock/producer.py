@@ -21,6 +21,7 @@ from .context import JobContext
 from .events import emit, log
 from .executor import Outcome, execute
 from .job import ClaimedJob
+from .storable import MAX_RESULT_BYTES
 from .tasks import TaskRegistry
 
 CLAIM_PART = 200
@@ -50,7 +51,7 @@ class Producer:
     def __init__(self, pool: AsyncConnectionPool, completer: Completer, registry: TaskRegistry, *,
                  worker_id: str, queues: Sequence[str] | None, concurrency: int, lease_seconds: float,
                  poll_interval: float, burst: bool = False,
-                 healthy: Callable[[], bool] = lambda: True) -> None:
+                 healthy: Callable[[], bool] = lambda: True, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         self.pool = pool
         self.completer = completer
         self.registry = registry
@@ -61,19 +62,35 @@ class Producer:
         self.poll_interval = poll_interval
         self.burst = burst
         self.healthy = healthy
+        self.max_result_bytes = max_result_bytes
         self.running: dict[uuid.UUID, Running] = {}
         self.wakeup = asyncio.Event()
         self.stopping = asyncio.Event()
         self.claimed = 0
-        self.succeeded = 0
-        self.failed = 0
-        self.retried = 0
         self._failures = 0
         self.ack_backlog = max(2 * concurrency, 1000)
         self._held_back = False
         self._maybe_more = True
         self._unsure = False  # a claim failed: it may have committed rows we never received
         completer.on_flush = self._acks_flushed
+
+    # Outcomes as the database confirmed them: a fenced answer (the job was no longer ours) is
+    # counted apart, not as the success or failure the handler reported.
+    @property
+    def succeeded(self) -> int:
+        return self.completer.counts["succeeded"]
+
+    @property
+    def failed(self) -> int:
+        return self.completer.counts["failed"]
+
+    @property
+    def retried(self) -> int:
+        return self.completer.counts["queued"]
+
+    @property
+    def fenced(self) -> int:
+        return self.completer.counts["fenced"]
 
     def notify(self, _queue: str = "") -> None:
         """New jobs may be ready (a NOTIFY, or the listener reconnected): look now."""
@@ -148,7 +165,7 @@ class Producer:
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
-                         on_update=self.completer.update)
+                         on_update=self.completer.update, max_json_bytes=self.max_result_bytes)
         if debug:
             emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
         # One shared name: formatting the job id into each task's name cost more than the no-op job.
@@ -157,7 +174,7 @@ class Producer:
 
     async def _execute(self, job: ClaimedJob, ctx: JobContext) -> None:
         try:
-            outcome = await execute(job, ctx, self.registry)
+            outcome = await execute(job, ctx, self.registry, max_result_bytes=self.max_result_bytes)
         except asyncio.CancelledError:
             return  # cancelled, rescued or released: whoever did that owns the row now
         finally:
@@ -169,20 +186,17 @@ class Producer:
         self.completer.add(outcome)
 
     def _record(self, o: Outcome) -> None:
-        if o.state == "succeeded":
-            self.succeeded += 1
-            if not log.isEnabledFor(logging.DEBUG):  # the hot path: no event to build
-                return
+        """The outcome's event (counted once the database confirms it: see `succeeded`)."""
+        if o.state == "succeeded" and not log.isEnabledFor(logging.DEBUG):  # the hot path: no event to build
+            return
         fields: dict[str, Any] = {"job_id": o.job_id, "task": o.task, "attempt": o.attempt,
                                   "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1)}
         if o.state == "succeeded":
             emit("skiplock.job.completed", **fields)
         elif o.state == "queued":
-            self.retried += 1
             emit("skiplock.job.retrying", **fields, retry_at=o.run_at.isoformat() if o.run_at else None,
                  traceback=o.error)
         else:
-            self.failed += 1
             emit("skiplock.job.failed", **fields, traceback=o.error)
 
     def cancel_lost(self, held: set[uuid.UUID]) -> None:

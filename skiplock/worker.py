@@ -29,6 +29,7 @@ from .producer import Producer
 from .pruner import Pruner
 from .rescuer import Rescuer
 from .service import PeriodicService
+from .storable import MAX_RESULT_BYTES
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry
 
@@ -47,9 +48,12 @@ class Worker:
                  heartbeat_seconds: float | None = None, poll_interval: float = 1.0, grace_seconds: float = 10.0,
                  rescue_interval: float = 5.0, retention_seconds: float | None = 7 * 86400,
                  prune_interval: float = 60.0, summary_interval: float = 30.0, burst: bool = False,
-                 listen: bool = True, worker_id: str | None = None) -> None:
+                 listen: bool = True, worker_id: str | None = None, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
         if not isinstance(concurrency, int) or not 1 <= concurrency <= 10_000:
             raise ValueError(f"Worker: concurrency must be an integer from 1 to 10000, not {concurrency!r}")
+        if not isinstance(max_result_bytes, int) or isinstance(max_result_bytes, bool) or max_result_bytes < 1:
+            raise ValueError(f"Worker: max_result_bytes must be an integer >= 1, not {max_result_bytes!r}")
+        self.max_result_bytes = max_result_bytes
         self.url = url
         self.queues = list(queues) if queues else None
         self.concurrency = concurrency
@@ -99,7 +103,7 @@ class Worker:
         self.producer = producer = Producer(
             pool, completer, self.registry, worker_id=self.id, queues=self.queues, concurrency=self.concurrency,
             lease_seconds=self.lease_seconds, poll_interval=self.poll_interval, burst=self.burst,
-            healthy=lambda: heartbeat_ref[0].healthy())
+            healthy=lambda: heartbeat_ref[0].healthy(), max_result_bytes=self.max_result_bytes)
         heartbeat = Heartbeat(pool, producer, worker_id=self.id, lease_seconds=self.lease_seconds,
                               interval=self.heartbeat_seconds)
         heartbeat_ref.append(heartbeat)
@@ -141,7 +145,7 @@ class Worker:
                 pass
             await pool.close()
             emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=producer.succeeded,
-                 failed=producer.failed, retried=producer.retried)
+                 failed=producer.failed, retried=producer.retried, fenced=producer.fenced)
 
     async def _register(self, pool: AsyncConnectionPool) -> None:
         delay = 0.2
@@ -205,19 +209,19 @@ class _Summary(PeriodicService):
     def __init__(self, worker: Worker, interval: float) -> None:
         super().__init__(interval)
         self.worker = worker
-        self._last = (time.monotonic(), 0, 0)
+        self._last = (time.monotonic(), 0, 0, 0)
 
     async def run_once(self) -> None:
         w = self.worker
         if w.producer is None or w.pool is None:
             return
         p = w.producer
-        t0, done0, failed0 = self._last
+        t0, done0, failed0, fenced0 = self._last
         now = time.monotonic()
-        done, failed = p.succeeded, p.failed
-        self._last = (now, done, failed)
+        done, failed, fenced = p.succeeded, p.failed, p.fenced
+        self._last = (now, done, failed, fenced)
         async with w.pool.connection() as conn:
             row = await db.fetch_one(conn, "count_ready", {"queues": w.queues})
         emit("skiplock.worker.summary", worker=w.id, done=done - done0, failed=failed - failed0,
-             rate_per_s=round((done - done0 + failed - failed0) / max(now - t0, 1e-9), 1),
+             fenced=fenced - fenced0, rate_per_s=round((done - done0 + failed - failed0) / max(now - t0, 1e-9), 1),
              running=len(p.running), ready=row["ready"] if row else None)
