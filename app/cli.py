@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from skiplock import InvalidInput, SkiplockError, Worker, db, enqueue
+from skiplock import InvalidInput, SkiplockError, Worker, admin, db, enqueue
 from skiplock.errors import translate
 
 from . import migrate as migrations
@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("id")
     pr = sub.add_parser("prune", help="delete finished jobs older than the retention")
     pr.add_argument("--older-than", type=float, help="seconds (default: SKIPLOCK_RETENTION_SECONDS)")
+    qu = sub.add_parser("queue", help="queue operations")
+    qsub = qu.add_subparsers(dest="queue_command", required=True)
+    qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
+    qd.add_argument("name")
     sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     return p
@@ -229,6 +233,12 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(_with_conn(_url(settings), lambda c: admin.delete_queue(c, args.name)))
+    print(f"skiplock: queue {args.name} deleted")
+    return 0
+
+
 def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
     print(_url(settings))
     return 0
@@ -311,5 +321,5 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "url": cmd_url, "stop-db": cmd_stop_db,
+    "queue": cmd_queue, "url": cmd_url, "stop-db": cmd_stop_db,
 }
