@@ -55,7 +55,7 @@ class Task:
 
     def _build_model(self) -> None:
         # localns: names visible where @task was applied (a model defined in a function body)
-        hints = typing.get_type_hints(self.fn, localns=self.localns)
+        hints = typing.get_type_hints(self.fn, localns=self.localns, include_extras=True)
         fields: dict[str, Any] = {}
         params = list(inspect.signature(self.fn).parameters.values())
         for p in params:

@@ -131,7 +131,8 @@ def test_job_paths_never_5xx(client: TestClient, segment: str, action: str) -> N
 
 
 @FUZZ
-@given(name=st.text(min_size=1, max_size=70), body=json_values, verb=st.sampled_from(["pause", "resume", "put", "delete"]))
+@given(name=st.text(min_size=1, max_size=70), body=json_values,
+       verb=st.sampled_from(["pause", "resume", "put", "delete"]))
 def test_queue_paths_never_5xx(client: TestClient, name: str, body: Any, verb: str) -> None:
     path = f"/queues/{quote(name, safe='')}"
     if verb == "delete":
