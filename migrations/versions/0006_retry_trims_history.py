@@ -6,15 +6,15 @@ other, add two history rows per pair with no worker involved. skiplock.retry() n
 job's first history row (its submission, with the submitting request's correlation id) and
 its 98 latest rows before adding its own, so after a retry a job holds at most 100 rows.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-02
 """
 
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
