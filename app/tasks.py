@@ -1,9 +1,10 @@
 """Example task handlers, so a newcomer can try everything without writing code.
 `SKIPLOCK_TASKS=app.tasks` (the default) registers them.
 
-Anyone who may submit jobs chooses these arguments, so every one is bounded in its type hint
-(refused at submission with 422 otherwise) and no handler holds the worker's event loop: a
-long CPU step yields, a blocking one is a sync task (it runs in a thread)."""
+Anyone who may submit jobs chooses these arguments, so every one is bounded, in its type hint
+or by SKIPLOCK_MAX_ARGS_BYTES (refused at submission with 422 otherwise), and no handler
+holds the worker's event loop: a long CPU step yields, a blocking one is a sync task (it
+runs in a thread)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SLEEP)]
 
 
 @task(name="echo")
-async def echo(message: Annotated[str, Field(max_length=10_000)]) -> dict[str, str]:
+async def echo(message: str) -> dict[str, str]:
     """Return the message: the smallest job there is."""
     return {"message": message}
 

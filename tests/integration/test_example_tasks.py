@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psycopg
 import pytest
 from starlette.testclient import TestClient
 
@@ -20,7 +21,8 @@ from app.http import create_app
 from app.settings import Settings
 from app.tasks import MAX_COUNT, count_to
 from app.webhook import ALLOW_PRIVATE_ENV, PinnedConnection
-from skiplock import NonRetryableError, registry
+from skiplock import NonRetryableError, db, registry
+from skiplock.catalog import record_tasks
 
 
 class Recorder(BaseHTTPRequestHandler):
@@ -144,7 +146,6 @@ def test_webhook_timeout_bounds_the_whole_request_not_each_read(monkeypatch: pyt
     ("sleep", {"seconds": -1}, "args.seconds"),
     ("sleep_sync", {"seconds": 86_400}, "args.seconds"),
     ("fail_n_times", {"n": 10**9}, "args.n"),
-    ("echo", {"message": "x" * 20_000}, "args.message"),
     ("always_fail", {"reason": "x" * 5_000}, "args.reason"),
 ])
 def test_example_arguments_are_bounded_at_submission(db_url: str, task: str, args: dict[str, Any], field: str):
@@ -175,3 +176,14 @@ def test_count_to_at_its_largest_lets_the_event_loop_run_other_work():
 
     assert asyncio.run(main()) == {"counted": MAX_COUNT, "resumed_from": 0}
     assert ticks >= MAX_COUNT // 100  # the ticker ran throughout, not once before and once after
+
+
+def test_the_example_tasks_can_be_recorded_in_the_task_catalog(db_url: str):
+    """Their timeouts mix ints and floats (130, 660.0); a worker records them all at start."""
+    async def record() -> list[dict[str, Any]]:
+        async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await record_tasks(conn, registry)
+            return await db.fetch_all(conn, "recorded_tasks", {})
+
+    recorded = {r["name"]: r for r in asyncio.run(record())}
+    assert recorded["sleep"]["timeout"] == 660.0 and recorded["webhook"]["timeout"] == 130.0
