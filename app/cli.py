@@ -67,6 +67,10 @@ def parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="exit 0 if the database answers at the current schema revision")
     h.add_argument("--worker", action="store_true",
                    help="also require a worker on this host whose heartbeat is within one lease")
+    qu = sub.add_parser("queue", help="queue operations")
+    qsub = qu.add_subparsers(dest="queue_command", required=True)
+    qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
+    qd.add_argument("name")
     sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     return p
@@ -241,6 +245,12 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    _ops(settings, lambda ops: ops.delete_queue(args.name))
+    print(f"skiplock: queue {args.name} deleted")
+    return 0
+
+
 def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
     print(_url(settings))
     return 0
@@ -322,5 +332,5 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
+    "queue": cmd_queue, "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
 }

@@ -8,6 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from .db import AsyncConn, fetch_all, fetch_one
+from .errors import QueueNotEmpty, QueueNotFound
+from .job import check_queue
 
 
 async def list_jobs(conn: AsyncConn, *, queue: str | None = None, state: str | None = None,
@@ -17,8 +19,25 @@ async def list_jobs(conn: AsyncConn, *, queue: str | None = None, state: str | N
                                                "before": before, "limit": limit})
 
 
-async def queue_overview(conn: AsyncConn, now: datetime | None = None) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "queue_overview", {"now": now})
+async def queue_page(conn: AsyncConn, *, after: str | None = None, limit: int = 100,
+                     now: datetime | None = None) -> list[dict[str, Any]]:
+    """Up to `limit` queues in name order, those named after `after` (the previous page's last)."""
+    return await fetch_all(conn, "queue_page", {"after": after, "limit": limit, "now": now})
+
+
+async def delete_queue(conn: AsyncConn, name: str) -> None:
+    """Forget a queue: its settings (paused, limits) are deleted. Refused with QueueNotEmpty
+    while any job names it (finished ones until the pruner deletes them), and QueueNotFound
+    when it has neither jobs nor settings."""
+    check_queue(name, field="name")
+    row = await fetch_one(conn, "delete_queue_if_empty", {"name": name})
+    assert row is not None
+    jobs = int(row["jobs"])
+    if jobs:
+        raise QueueNotEmpty(f"queue {name!r} still has {jobs} jobs; delete it once they are finished and pruned",
+                            field="name", details={"queue": name, "jobs": jobs})
+    if not row["existed"]:
+        raise QueueNotFound(f"no queue {name!r}", field="name", details={"queue": name})
 
 
 async def set_max_waiting(conn: AsyncConn, name: str, max_waiting: int | None) -> dict[str, Any] | None:

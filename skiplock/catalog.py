@@ -19,7 +19,8 @@ async def record_tasks(conn: AsyncConn, tasks: Iterable[Task], *, worker_id: str
     return await execute(conn, "record_tasks", {
         "worker_id": worker_id, "names": [t.name for t in ts], "queues": [t.queue for t in ts],
         "priorities": [priority_value(t.priority) for t in ts], "max_attempts": [t.max_attempts for t in ts],
-        "timeouts": [t.timeout for t in ts], "schemas": [jsonb(t.json_schema()) for t in ts]})
+        "timeouts": [None if t.timeout is None else float(t.timeout) for t in ts],
+        "schemas": [jsonb(t.json_schema()) for t in ts]})
 
 
 async def recorded_task(conn: AsyncConn, name: str) -> dict[str, Any] | None:

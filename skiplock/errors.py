@@ -67,6 +67,18 @@ class QueueFull(SkiplockError):
     code = "queue_full"
 
 
+class QueueNotFound(SkiplockError):
+    """No such queue: it has neither jobs nor settings."""
+
+    code = "not_found"
+
+
+class QueueNotEmpty(SkiplockError):
+    """The queue still has jobs; it can be deleted once they are finished and pruned."""
+
+    code = "queue_not_empty"
+
+
 class DatabaseUnavailable(SkiplockError):
     """The database is unreachable."""
 

@@ -63,6 +63,12 @@ class JobPage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    queues: list[dict[str, Any]]
+    next_cursor: str | None
+
+
 class Operations:
     """Inspect and steer jobs and queues (see the module docstring)."""
 
@@ -159,10 +165,25 @@ class Operations:
             raise translate(exc) from exc
 
     # -- queues -------------------------------------------------------------------------------
-    async def queues(self, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Every queue: counts by state, throughput, oldest waiting age, paused, limits."""
+    async def queues(self, *, limit: int = 100, cursor: str | None = None,
+                     now: datetime | None = None) -> QueuePage:
+        """Queues in name order, a page at a time: counts by state, throughput, oldest waiting
+        age, paused, limits. The cursor is the previous page's last name, so queues created or
+        deleted meanwhile never shift a page. A queue exists while jobs name it or it has
+        settings."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit", value=limit)
+        after = check_queue(cursor, field="cursor") if cursor is not None else None
         async with self._conn() as conn:
-            return await admin.queue_overview(conn, now)
+            rows = await admin.queue_page(conn, after=after, limit=limit + 1, now=now)
+        queues = rows[:limit]
+        return QueuePage(queues, queues[-1]["queue"] if len(rows) > limit else None)
+
+    async def delete_queue(self, name: str) -> None:
+        """Forget an empty queue's settings; QueueNotEmpty while jobs name it (finished ones
+        until pruned), QueueNotFound when it has neither jobs nor settings."""
+        async with self._conn() as conn:
+            await admin.delete_queue(conn, check_queue(name, field="name"))
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """skiplock.queue_stats: counts by state per queue (what `skiplock status` prints)."""

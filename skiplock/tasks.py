@@ -50,12 +50,14 @@ class Task:
                                field="max_attempts", value=self.max_attempts)
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidInput(f"timeout must be > 0 seconds, not {self.timeout!r}", field="timeout")
+        if self.timeout is not None:  # one type whatever was written (30 or 1.5): stored as an array of floats
+            self.timeout = float(self.timeout)
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self._build_model()
 
     def _build_model(self) -> None:
         # localns: names visible where @task was applied (a model defined in a function body)
-        hints = typing.get_type_hints(self.fn, localns=self.localns)
+        hints = typing.get_type_hints(self.fn, localns=self.localns, include_extras=True)
         fields: dict[str, Any] = {}
         params = list(inspect.signature(self.fn).parameters.values())
         for p in params:

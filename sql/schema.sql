@@ -328,23 +328,32 @@ $$;
 
 -- Put a failed or cancelled job back in the queue, to run now with a fresh set of attempts.
 -- The attempt counter is not reset (it is the fencing token of every claim); the attempts
--- used so far move into attempt_base instead.
+-- used so far move into attempt_base instead. A round of transitions is bounded by the job's
+-- attempts, but retries are not (retry and cancel alternate without any worker), so a retry
+-- trims the history: it keeps the first row (the submission) and the latest ones, at most
+-- 100 rows after the retry.
 CREATE FUNCTION skiplock.retry(job_id uuid) RETURNS skiplock.job_state
 LANGUAGE plpgsql AS $$
 DECLARE
   s skiplock.job_state;
 BEGIN
-  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = job_id FOR UPDATE;
+  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = retry.job_id FOR UPDATE;
   IF NOT FOUND THEN
-    RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
+    RAISE EXCEPTION 'skiplock: no job %', retry.job_id USING ERRCODE = 'no_data_found';
   END IF;
   IF s NOT IN ('failed', 'cancelled') THEN
-    RAISE EXCEPTION 'skiplock: job % is %; only failed or cancelled jobs can be retried', job_id, s
+    RAISE EXCEPTION 'skiplock: job % is %; only failed or cancelled jobs can be retried', retry.job_id, s
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
+  -- Keep the first row (the submission) and the 98 latest; the UPDATE below adds the 100th.
+  DELETE FROM skiplock.job_history h
+   WHERE h.job_id = retry.job_id
+     AND h.id > (SELECT min(f.id) FROM skiplock.job_history f WHERE f.job_id = retry.job_id)
+     AND h.id < (SELECT l.id FROM skiplock.job_history l WHERE l.job_id = retry.job_id
+                  ORDER BY l.id DESC OFFSET 97 LIMIT 1);
   UPDATE skiplock.jobs j
      SET state = 'queued', attempt_base = j.attempt, run_at = now(), finished_at = NULL, result = NULL
-   WHERE j.id = job_id;
+   WHERE j.id = retry.job_id;
   RETURN 'queued';
 END
 $$;

@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/jobs/{job_id}/retry", jobs.retry, methods=["POST"]),
         Route("/queues", queues.list_queues, methods=["GET"]),
         Route("/queues/{name}", queues.set_limits, methods=["PUT"]),
+        Route("/queues/{name}", queues.delete, methods=["DELETE"]),
         Route("/queues/{name}/pause", queues.pause, methods=["POST"]),
         Route("/queues/{name}/resume", queues.resume, methods=["POST"]),
         Route("/tasks", system.tasks, methods=["GET"]),

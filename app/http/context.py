@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import psycopg
@@ -14,7 +14,8 @@ from starlette.requests import Request
 
 from app.settings import Settings
 from skiplock import admin, db
-from skiplock.errors import QueueFull
+from skiplock.errors import InvalidInput, QueueFull
+from skiplock.ops import Operations
 from skiplock.tasks import TaskRegistry
 from skiplock.wakeup import Wakeups
 
@@ -34,6 +35,11 @@ class ApiState:
     outage: bool = False
     _limited: set[str] = field(default_factory=set)
     _limited_at: float = -1e9
+    ops: Operations = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Operations over this state's connections: an outage is tracked and answered 503.
+        self.ops = Operations(lambda: self.connection(), pool=self.pool)
 
     @contextlib.asynccontextmanager
     async def connection(self, wait: float | None = None) -> AsyncIterator[db.AsyncConn]:
@@ -100,6 +106,16 @@ class ApiState:
                     raise QueueFull(f"queue {queue!r} holds {now} waiting jobs; its limit is {limit}",
                                     field="queue", details={"queue": queue, "waiting": now, "max_waiting": limit})
             yield
+
+
+def query_int(params: Mapping[str, str], name: str, default: int) -> int:
+    """An integer query parameter; anything else is InvalidInput naming it."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidInput(f"{name} must be a whole number, not {raw[:40]!r}", field=name)
+    return int(raw)
 
 
 def api(request: Request) -> ApiState:

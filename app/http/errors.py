@@ -19,6 +19,8 @@ from skiplock.errors import (
     InvalidTransition,
     JobNotFound,
     QueueFull,
+    QueueNotEmpty,
+    QueueNotFound,
     SkiplockError,
     translate,
 )
@@ -44,6 +46,8 @@ STATUS: dict[type[SkiplockError], int] = {
     InvalidTransition: 409,
     IdempotencyConflict: 409,
     QueueFull: 429,
+    QueueNotFound: 404,
+    QueueNotEmpty: 409,
     DatabaseUnavailable: 503,
     Unauthorized: 401,
     PayloadTooLarge: 413,

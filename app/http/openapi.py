@@ -10,11 +10,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from . import schemas as s
+from .queues import QueuePage
 
 ERRORS = {
     401: "Missing or wrong bearer token (when SKIPLOCK_API_TOKENS is set)",
     404: "Unknown id or route",
-    409: "The job's state forbids this, or the idempotency key was used for a different job",
+    409: "The job's state forbids this, the idempotency key was used for a different job, or the queue "
+         "still has jobs (details.jobs)",
     413: "Request body too large (SKIPLOCK_MAX_BODY_BYTES)",
     422: "Invalid input; details.field names the field at fault (a bulk item also details.index). "
          "Also: JSON nested deeper than 64 levels, NUL characters, run_at outside years 1-9999",
@@ -36,7 +38,7 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False, "sc
                "description": "A repeat with the same body returns the same job (200); a different body 409"}
 
 # (method, path, summary, request model, {status: (model, description)}, error statuses, parameters)
-ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, tuple[type[BaseModel], str]], list[int],
+ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, tuple[type[BaseModel] | None, str]], list[int],
                    list[dict[str, Any]]]] = [
     ("post", "/jobs", "Submit one job", s.JobIn,
      {201: (s.JobOut, "Created"), 200: (s.JobOut, "The job submitted earlier with this idempotency key")},
@@ -55,8 +57,12 @@ ROUTES: list[tuple[str, str, str, type[BaseModel] | None, dict[int, tuple[type[B
      [401, 404, 409, 422, 503], [JOB_ID]),
     ("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue", None,
      {200: (s.JobOut, "Queued again")}, [401, 404, 409, 422, 503], [JOB_ID]),
-    ("get", "/queues", "Queues: counts by state, throughput, oldest waiting age", None,
-     {200: (s.QueueList, "Queues")}, [401, 503], []),
+    ("get", "/queues", "Queues in name order: counts by state, throughput, oldest waiting age", None,
+     {200: (QueuePage, "A page of queues")}, [401, 422, 503],
+     [q("limit", "Page size, 1-500 (default 100)", {"type": "integer", "minimum": 1, "maximum": 500}),
+      q("cursor", "next_cursor of the previous page")]),
+    ("delete", "/queues/{name}", "Delete a queue that no job names (forgets its settings)", None,
+     {204: (None, "Deleted")}, [401, 404, 409, 422, 503], [QUEUE]),
     ("put", "/queues/{name}", "Set a queue's waiting-jobs limit", s.QueueLimits, {200: (s.QueueState, "Updated")},
      [401, 413, 422, 503], [QUEUE]),
     ("post", "/queues/{name}/pause", "Pause a queue (it still accepts jobs)", None,
@@ -80,7 +86,7 @@ def spec() -> dict[str, Any]:
     for _, _, _, req, ok, _, _ in ROUTES:
         if req is not None:
             models.add(req)
-        models.update(m for m, _ in ok.values())
+        models.update(m for m, _ in ok.values() if m is not None)
     _, top = models_json_schema([(m, "validation" if m in (s.JobIn, s.BulkIn, s.QueueLimits) else "serialization")
                                  for m in sorted(models, key=lambda m: m.__name__)],
                                 ref_template="#/components/schemas/{model}")
@@ -90,8 +96,8 @@ def spec() -> dict[str, Any]:
         if req is not None:
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(req)}}}
         for status, (model, description) in ok.items():
-            op["responses"][str(status)] = {"description": description,
-                                            "content": {"application/json": {"schema": _ref(model)}}}
+            op["responses"][str(status)] = {"description": description} if model is None else {
+                "description": description, "content": {"application/json": {"schema": _ref(model)}}}
         for status in errors:
             op["responses"][str(status)] = {"description": ERRORS[status],
                                             "content": {"application/json": {"schema": _ref(s.ErrorBody)}}}

@@ -1,43 +1,52 @@
-"""/queues: counts, throughput and age; pause, resume, and the waiting-jobs limit."""
+"""/queues: counts, throughput and age, a page at a time; pause, resume, the waiting-jobs
+limit, and deleting an empty queue.
+
+A queue exists while jobs name it or it has settings: pausing or limiting a queue before its
+first job arrives is how one is prepared, so any valid name may be configured. What bounds
+that is the listing's paging and DELETE /queues/{name}."""
 
 from __future__ import annotations
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from skiplock import admin, db
+from skiplock.errors import InvalidInput
 from skiplock.job import check_queue
 
 from .bodies import read_json, validate
-from .context import api
+from .context import api, query_int
 from .schemas import QueueLimits, QueueList, QueueOut, QueueState
 
+DEFAULT_LIMIT = 100
 
-def _json(model: QueueList | QueueState) -> Response:
+
+class QueuePage(QueueList):
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page (queues in name order); "
+                                                "null at the end")
+
+
+def _json(model: QueuePage | QueueState) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
 
 
 async def list_queues(request: Request) -> Response:
-    async with api(request).connection() as conn:
-        rows = await admin.queue_overview(conn)
-    return _json(QueueList(queues=[QueueOut(**r) for r in rows]))
-
-
-async def _set_paused(request: Request, paused: bool) -> Response:
-    name = check_queue(request.path_params["name"], field="name")
-    async with api(request).connection() as conn:
-        row = await db.set_paused(conn, name, paused)
-    assert row is not None
-    return _json(QueueState(**row))
+    """GET /queues?limit=&cursor=: queues in name order, a page at a time."""
+    p = request.query_params
+    unknown = sorted(set(p) - {"limit", "cursor"})
+    if unknown:
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    page = await api(request).ops.queues(limit=query_int(p, "limit", DEFAULT_LIMIT), cursor=p.get("cursor"))
+    return _json(QueuePage(queues=[QueueOut(**r) for r in page.queues], next_cursor=page.next_cursor))
 
 
 async def pause(request: Request) -> Response:
     """POST /queues/{name}/pause: workers stop claiming from it; it still accepts jobs."""
-    return await _set_paused(request, True)
+    return _json(QueueState(**await api(request).ops.pause_queue(request.path_params["name"])))
 
 
 async def resume(request: Request) -> Response:
-    return await _set_paused(request, False)
+    return _json(QueueState(**await api(request).ops.resume_queue(request.path_params["name"])))
 
 
 async def set_limits(request: Request) -> Response:
@@ -45,8 +54,14 @@ async def set_limits(request: Request) -> Response:
     state = api(request)
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
-    async with state.connection() as conn:
-        row = await admin.set_max_waiting(conn, name, body.max_waiting)
+    row = await state.ops.set_queue_limits(name, max_waiting=body.max_waiting)
     state.forget_limits()
-    assert row is not None
     return _json(QueueState(**row))
+
+
+async def delete(request: Request) -> Response:
+    """DELETE /queues/{name}: 204, its settings forgotten; 409 while jobs name it; 404 unknown."""
+    state = api(request)
+    await state.ops.delete_queue(request.path_params["name"])
+    state.forget_limits()
+    return Response(status_code=204)
