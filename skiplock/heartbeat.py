@@ -70,6 +70,7 @@ class Heartbeat:
         self._conn: psycopg.Connection[Any] | None = None
         self._last: Holds = ({}, {})
         self._blocked: set[uuid.UUID] = set()
+        self._waiter: threading.Thread | None = None
 
     def healthy(self) -> bool:
         """False once renewals have failed for longer than half a lease: our leases may lapse,
@@ -157,7 +158,7 @@ class Heartbeat:
         if holds:
             held, renewed = extend_leases(conn, worker_id=self.worker_id, holds=holds,
                                           lease_seconds=self.lease_seconds)
-            self._report_blocked(held - renewed)
+            self._report_blocked(held - renewed, holds)
         try:
             conn.execute(q("touch_worker"), {"id": self.worker_id, "now": None})
         except psycopg.errors.LockNotAvailable:
@@ -174,9 +175,27 @@ class Heartbeat:
         # Only judge jobs that were running when we asked; newer ones are not in `held`.
         self.producer.cancel_lost(held | (set(self.producer.running) - asked))
 
-    def _report_blocked(self, blocked: set[uuid.UUID]) -> None:
+    def _report_blocked(self, blocked: set[uuid.UUID], holds: dict[uuid.UUID, int]) -> None:
         for job_id in blocked - self._blocked:
             emit("skiplock.job.lease_blocked", job_id=job_id, worker=self.worker_id,
-                 reason="its row is locked by another transaction (the handler's own?); lease not renewed "
-                        "until the lock is released")
+                 reason="its row is locked by another transaction (the handler's own?); its lease is renewed "
+                        "when the lock is released")
         self._blocked = blocked
+        if blocked and (self._waiter is None or not self._waiter.is_alive()):
+            ids = {i: holds[i] for i in blocked}
+            self._waiter = threading.Thread(target=self._wait_for_locks, args=(ids,), daemon=True,
+                                            name="skiplock-heartbeat-waiter")
+            self._waiter.start()
+
+    def _wait_for_locks(self, holds: dict[uuid.UUID, int]) -> None:
+        """Renew `holds` waiting for their row locks, on a connection of its own, for up to a
+        lease; the next round starts another waiter for rows still locked."""
+        try:
+            with psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, int(self.interval))) as conn:
+                conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                             (f"{int(self.lease_seconds * 1000)}ms",))
+                conn.execute(q("extend_leases_waiting"), {
+                    "worker_id": self.worker_id, "ids": list(holds), "attempts": list(holds.values()),
+                    "lease_seconds": self.lease_seconds, "now": None})
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.info("skiplock.heartbeat: renewal of locked rows gave up (%s: %s)", type(exc).__name__, exc)

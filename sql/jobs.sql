@@ -185,6 +185,17 @@ WITH h AS (
 )
 SELECT m.id, r.id IS NOT NULL AS renewed FROM mine m LEFT JOIN renewed r ON r.id = m.id;
 
+-- name: extend_leases_waiting
+-- Heartbeat, for the rows extend_leases_if_held found locked: the same fenced renewal, but
+-- waiting for the lock (on a connection of its own). Queued on the row lock, it renews the
+-- lease as soon as the holder commits, before a rescuer (which skips locked rows) can take it.
+UPDATE skiplock.jobs j
+   SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS h(id, attempt, worker)
+ WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker  -- plan: see finish_many_if_held
+RETURNING j.id;
+
 -- name: rescue_expired
 -- Running jobs whose lease expired (worker killed, host lost, heartbeats failing) go back
 -- to queued, or to failed if that was their last attempt. The lost run counts as an attempt.
