@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -147,19 +148,23 @@ def test_never_returning_sync_handlers_time_out_having_run_and_never_starve_late
     first = fleet.start(concurrency=10)
     stuck = [enqueue(url, "careless.sync_forever") for _ in range(10)]
     wait_terminal(url, stuck, 30, terminal=("failed",))
-    # every slot is now held by a thread that cannot be stopped: the worker says so and exits
-    # by itself (a supervisor starts a fresh one), instead of claiming jobs it cannot start
-    first.proc.wait(EXIT_WITHIN)
-    assert first.proc.returncode == 70 and "skiplock.worker.wedged" in first.log_text()
-    second = fleet.start(concurrency=4)
     later = [enqueue(url, "careless.sync_quick") for _ in range(6)]
-    wait_terminal(url, later, 30)
+    # every slot of `first` is held by a thread that cannot be stopped: it must not take jobs
+    # it cannot start; it says so and exits by itself (a supervisor starts a fresh worker)
+    try:
+        first.proc.wait(EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        pass
+    second = fleet.start(concurrency=4)
+    wait_terminal(url, later, 30, terminal=("succeeded", "failed"))
     stuck_again = enqueue(url, "careless.sync_forever")
     wait_terminal(url, [stuck_again], 30, terminal=("failed",))
-    # no job was reported as timed out without having started
+    for j in [*stuck, stuck_again, *later]:  # no job reported as timed out without having started
+        assert [e[:2] for e in ledger(url, j)][:1] == [("start", 1)], (j, job(url, j), ledger(url, j))
     for j in [*stuck, stuck_again]:
-        assert "TimeoutError" in job(url, j)["error"] and [e[:2] for e in ledger(url, j)] == [("start", 1)]
+        assert "TimeoutError" in job(url, j)["error"]
     assert all(ledger(url, j) == [("start", 1, second.worker_id), ("end", 1, second.worker_id)] for j in later)
+    assert first.proc.returncode == 70 and "skiplock.worker.wedged" in first.log_text()
     assert term_and_time(second) < EXIT_WITHIN
 
 
