@@ -101,7 +101,9 @@ class Heartbeat:
                 except Exception as exc:  # noqa: BLE001 - the heartbeat must survive anything
                     self._disconnect()
                     self.failures += 1
-                    delay = min(self.interval * 2 ** min(self.failures, 6), 30.0) * random.uniform(0.5, 1.0)
+                    # Never wait longer than a round: a refused connection costs nothing, and
+                    # once the database is back every lease must be renewed before it lapses.
+                    delay = min(self.interval, 0.25 * 2 ** min(self.failures, 6)) * random.uniform(0.5, 1.0)
                     log.warning("skiplock.%s failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__,
                                 exc, delay)
                 self._stop.wait(delay)
