@@ -81,6 +81,7 @@ class Producer:
         self.running: dict[uuid.UUID, Running] = {}
         self.abandoned: dict[asyncio.Task[None], Running] = {}  # code still running for a job no longer ours
         self.wedged = False
+        self.interrupted: set[uuid.UUID] = set()  # told to stop at shutdown (worker._drain)
         self.wakeup = asyncio.Event()
         self.stopping = asyncio.Event()
         self.claimed = 0
@@ -211,6 +212,8 @@ class Producer:
             ours = self._leave(job.id)
         if not ours:
             return  # abandoned past its timeout: the timeout was recorded for it
+        if job.id in self.interrupted and outcome.state != "succeeded":
+            return  # it stopped because the worker is stopping: released, not failed
         self._record(outcome)
         self.completer.add(outcome)
 

@@ -226,6 +226,7 @@ class Worker:
         rest = [r for r in running if not r.task.done()]
         in_threads = {j.job_id for j in threads.running(self.id)}
         for r in rest:
+            producer.interrupted.add(r.job.id)
             r.ctx.mark_cancelled()
             if r.job.id not in in_threads:
                 r.task.cancel()
