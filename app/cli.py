@@ -149,9 +149,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         async def go() -> None:
             worker.install_signal_handlers()
             await worker.run()
+            _exit_if_held(worker)
 
         _run_fast(go())
-    return 0
+    return worker.exit_code
+
+
+def _exit_if_held(worker: Worker) -> None:
+    """After a worker stopped: if handler code still runs (a thread that never returns, a
+    non-daemon thread a handler started, a task that ignores cancellation), end the process
+    now. Leaving through asyncio would wait for it: the event loop's shutdown cancels and
+    awaits every task and joins the default executor's threads, and the interpreter joins
+    non-daemon threads. Everything the worker owns is already flushed and unregistered."""
+    held = worker.leftovers()
+    if held is None:
+        return
+    print(f"skiplock: exiting with handler code still running ({held})", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(worker.exit_code)
 
 
 def _run_fast(coro: Any) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from . import threads
 from .context import JobContext
 from .errors import JobCancelled, NonRetryableError, SkiplockError
 from .job import ClaimedJob
@@ -107,7 +108,7 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         if t.is_async:
             call = t.fn(**kwargs)
         else:
-            call = asyncio.to_thread(t.fn, **kwargs)
+            call = threads.run(t.fn, **kwargs)
         # A sync handler's exceptions, SystemExit included, come back through its thread's future.
         raised, result = await asyncio.wait_for(_contained(call, ctx), timeout=job.timeout)
     except asyncio.CancelledError:

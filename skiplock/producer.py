@@ -1,21 +1,30 @@
 """The claim loop: one per worker process. It claims `LIMIT <free slots>` due jobs in one
 statement, starts each in its own asyncio task, and sleeps until a NOTIFY, a freed slot or
-the poll interval. Database errors never end it: it backs off and tries again."""
+the poll interval. Database errors never end it: it backs off and tries again.
+
+A slot stays taken while its handler's code runs, even after the worker gave up on it: a
+handler that ignored its timeout or cancellation for OVERRUN_GRACE (an async one that
+swallows CancelledError, a sync one whose thread cannot be stopped) is *abandoned*: its
+attempt is recorded as timed out (or its job was cancelled), it is logged, and its slot is
+counted until the code returns. When abandoned handlers hold every slot, the claim loop
+ends and the worker stops (`wedged`) so that a fresh process can take over."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
+from . import db, threads
 from .completer import Completer
 from .context import JobContext
 from .events import emit, log
@@ -23,12 +32,15 @@ from .executor import Outcome, execute
 from .job import ClaimedJob
 from .storable import MAX_RESULT_BYTES
 from .tasks import TaskRegistry
+from .threads import JobRef, current_job
 
 CLAIM_PART = 200
 """Rows per claim statement before a claim is split in two. Measured with no-op jobs at
 concurrency 400 (README, Performance, change 15): two concurrent claims of 200 drained
 26.1k jobs/s where one claim of 400 drained 22.5k (medians of 4, alternating runs)."""
 MAX_CLAIM_PARTS = 2
+OVERRUN_GRACE = 2.0
+"""Seconds a handler has to stop after its timeout or a cancellation before it is abandoned."""
 
 
 def claim_parts(free: int) -> list[int]:
@@ -38,11 +50,14 @@ def claim_parts(free: int) -> list[int]:
     return [free // n + (1 if i < free % n else 0) for i in range(n)]
 
 
-@dataclass
+@dataclass(eq=False)
 class Running:
     job: ClaimedJob
     ctx: JobContext
     task: asyncio.Task[None]
+    started: float = 0.0  # time.monotonic()
+    overran: bool = False  # abandoned past its timeout; its outcome was recorded for it
+    timer: asyncio.TimerHandle | None = None
 
 
 class Producer:
@@ -64,6 +79,9 @@ class Producer:
         self.healthy = healthy
         self.max_result_bytes = max_result_bytes
         self.running: dict[uuid.UUID, Running] = {}
+        self.abandoned: dict[asyncio.Task[None], Running] = {}  # code still running for a job no longer ours
+        self.wedged = False
+        self.interrupted: set[uuid.UUID] = set()  # told to stop at shutdown (worker._drain)
         self.wakeup = asyncio.Event()
         self.stopping = asyncio.Event()
         self.claimed = 0
@@ -116,7 +134,12 @@ class Producer:
         self._held_back = self.completer.pending_outcomes >= self.ack_backlog
         if self._held_back:
             return 0
-        return self.concurrency - len(self.running)
+        return self.concurrency - len(self.running) - self.stuck_slots
+
+    @property
+    def stuck_slots(self) -> int:
+        """Slots held by abandoned handlers (async tasks and sync threads) still running."""
+        return len(self.abandoned) + len(threads.abandoned(self.worker_id))
 
     async def run_once(self) -> int:
         """Claim up to the free slots and start them; returns how many were claimed."""
@@ -169,21 +192,72 @@ class Producer:
         if debug:
             emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
         # One shared name: formatting the job id into each task's name cost more than the no-op job.
-        task = asyncio.create_task(self._execute(job, ctx), name="skiplock.job")
-        self.running[job.id] = Running(job, ctx, task)
+        started = time.monotonic()
+        task = asyncio.create_task(self._execute(job, ctx, started), name="skiplock.job")
+        r = self.running[job.id] = Running(job, ctx, task, started)
+        if job.timeout is not None:
+            r.timer = asyncio.get_running_loop().call_at(
+                asyncio.get_running_loop().time() + job.timeout + OVERRUN_GRACE, self._overran, r)
 
-    async def _execute(self, job: ClaimedJob, ctx: JobContext) -> None:
+    async def _execute(self, job: ClaimedJob, ctx: JobContext, started: float) -> None:
+        # Names the job for the code it runs (tasks and threads it starts inherit it): the
+        # watchdog reports who blocked the loop, and sync handler threads carry the job.
+        current_job.set(JobRef(job.id, job.attempt, job.task, self.worker_id, job.timeout, started))
+        ours = True
         try:
             outcome = await execute(job, ctx, self.registry, max_result_bytes=self.max_result_bytes)
         except asyncio.CancelledError:
             return  # cancelled, rescued or released: whoever did that owns the row now
         finally:
-            current = self.running.get(job.id)
-            if current is not None and current.task is asyncio.current_task():  # only our own entry
-                del self.running[job.id]
-            self._slot_freed()
+            ours = self._leave(job.id)
+        if not ours:
+            return  # abandoned past its timeout: the timeout was recorded for it
+        if job.id in self.interrupted and outcome.state != "succeeded":
+            return  # it stopped because the worker is stopping: released, not failed
         self._record(outcome)
         self.completer.add(outcome)
+
+    def _leave(self, job_id: uuid.UUID) -> bool:
+        """The current job task ends: free its slot. False if its outcome was already recorded."""
+        task = asyncio.current_task()
+        current = self.running.get(job_id)
+        ours = True
+        if current is not None and current.task is task:  # only our own entry
+            del self.running[job_id]
+            if current.timer is not None:
+                current.timer.cancel()
+        elif task is not None and (gone := self.abandoned.pop(task, None)) is not None:
+            ours = not gone.overran
+            emit("skiplock.job.abandoned_returned", job_id=job_id, task=gone.job.task, attempt=gone.job.attempt,
+                 worker=self.worker_id, kind="task")
+        self._slot_freed()
+        return ours
+
+    def _overran(self, r: Running) -> None:
+        """The handler ignored its timeout for OVERRUN_GRACE: record the timeout, abandon it."""
+        if self.running.get(r.job.id) is not r or r.task.done():
+            return
+        del self.running[r.job.id]
+        r.overran = True
+        self.abandoned[r.task] = r
+        emit("skiplock.job.abandoned", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
+             worker=self.worker_id, kind="task",
+             reason=f"still running {OVERRUN_GRACE}s after its timeout of {r.job.timeout}s (it ignores "
+                    "cancellation); the timeout is recorded and it holds its slot until it returns")
+        outcome = self._timed_out(r)
+        self._record(outcome)
+        self.completer.add(outcome)
+
+    def _timed_out(self, r: Running) -> Outcome:
+        job, ctx = r.job, r.ctx
+        error = (f"TimeoutError: task {job.task!r} ran longer than its timeout of {job.timeout}s and ignored "
+                 "its cancellation")
+        fields: dict[str, Any] = {"checkpoint": ctx.pending_checkpoint, "has_checkpoint": ctx.has_checkpoint,
+                                  "progress": ctx.pending_progress, "duration": time.monotonic() - r.started}
+        if job.attempt >= job.max_attempts:
+            return Outcome(job.id, job.attempt, "failed", job.task, error=error, **fields)
+        when = self.registry.get(job.task).retry.next_run_at(job.attempt, datetime.now(UTC))
+        return Outcome(job.id, job.attempt, "queued", job.task, error=error, run_at=when, **fields)
 
     def _record(self, o: Outcome) -> None:
         """The outcome's event (counted once the database confirms it: see `succeeded`)."""
@@ -208,11 +282,35 @@ class Producer:
                 r.ctx.mark_cancelled()
                 r.task.cancel()
                 del self.running[job_id]
+                if r.timer is not None:
+                    r.timer.cancel()
+                self.abandon(r)
+
+    def abandon(self, r: Running) -> None:
+        """Keep counting the slot of a task we stopped waiting for until it really ends; name it
+        if it has not ended after OVERRUN_GRACE (it ignores cancellation)."""
+        if r.task.done():
+            return
+        self.abandoned[r.task] = r
+
+        def check() -> None:
+            if self.abandoned.get(r.task) is r and not r.overran:
+                emit("skiplock.job.abandoned", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
+                     worker=self.worker_id, kind="task",
+                     reason=f"still running {OVERRUN_GRACE}s after it was cancelled (it ignores cancellation); "
+                            "it holds its slot until it returns")
+        asyncio.get_running_loop().call_later(OVERRUN_GRACE, check)
 
     async def run(self) -> None:
-        """Claim until stopped (or, in burst mode, until nothing is ready and nothing runs)."""
+        """Claim until stopped (or, in burst mode, until nothing is ready and nothing runs; or
+        until abandoned handlers hold every slot)."""
         while not self.stopping.is_set():
             self.wakeup.clear()
+            if self.stuck_slots >= self.concurrency:
+                self.wedged = True
+                emit("skiplock.worker.wedged", worker=self.worker_id, stuck=self.stuck_slots,
+                     reason="abandoned handlers hold every slot; stopping so a fresh process can take over")
+                return
             claimed = 0
             if self.free_slots > 0 and self.healthy():
                 try:

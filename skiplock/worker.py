@@ -1,26 +1,31 @@
 """A worker process: composes the producer (claim loop), completer, listener, heartbeat,
-rescuer and pruner, and owns the one shutdown path:
+watchdog, rescuer and pruner, and owns the one shutdown path:
 
-signal -> stop claiming -> wait up to the grace period for running jobs -> cancel the rest and
-release them to `queued` -> flush acknowledgements -> unregister.
+signal -> stop claiming -> wait up to the grace period for running jobs -> cancel the rest
+(a sync handler's thread cannot be cancelled: it is told through `ctx.cancelled`) and wait up
+to STOP_WAIT for them to stop -> flush acknowledgements -> release to `queued` the jobs whose
+handlers stopped -> unregister. A job whose handler is still running is *not* released (it
+would run twice at once): it is named in the stopped event as abandoned, and its lease lapses
+after the process exits, so the rescuer re-queues it. In a process of its own (`own_process`)
+the worker exits within the grace period plus watchdog.SHUTDOWN_BOUND whatever handlers do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
-from . import catalog, db
+from . import catalog, db, threads
 from .completer import Completer
 from .events import emit
 from .heartbeat import Heartbeat
@@ -32,6 +37,16 @@ from .service import PeriodicService
 from .storable import MAX_RESULT_BYTES
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry
+from .watchdog import EXIT_WEDGED, SHUTDOWN_BOUND, Watchdog
+
+STOP_WAIT = 3.0
+"""Seconds a stopping worker waits, after the grace period and the cancellation, for handlers
+to stop before it abandons them (leaves their jobs to the rescuer)."""
+
+
+class Service(Protocol):
+    async def stop(self) -> None: ...
+    def start(self) -> None: ...
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -74,20 +89,47 @@ class Worker:
         self.producer: Producer | None = None
         self.completer: Completer | None = None
         self.started = asyncio.Event()
+        self.heartbeat: Heartbeat | None = None
+        self.abandoned: list[uuid.UUID] = []  # jobs whose handlers still ran at the end of run()
+        self.exit_code = 0
+        self.watchdog = Watchdog(self.id, lease_seconds=self.lease_seconds, grace_seconds=self.grace_seconds,
+                                 request_stop=self.request_stop, held=self._held_ids, halt=self._halt)
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown (what SIGTERM and SIGINT do)."""
         self._stop_requested.set()
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+        """Make this worker the owner of its process (what `skiplock worker` does): SIGTERM and
+        SIGINT stop it even while a handler blocks the event loop, a second one or the hard
+        deadline ends the process, and a job blocking the loop past its timeout is interrupted."""
+        self.watchdog.own_process()
+
+    def _held_ids(self) -> list[str]:  # called from the watchdog thread: copies, no iteration
+        p = self.producer
+        return [str(i) for i in list(p.running)] if p is not None else []
+
+    def _halt(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.halted = True
+
+    def leftovers(self) -> str | None:
+        """What would keep this process alive after run() (None: nothing): handler threads,
+        other non-daemon threads, or handlers' tasks that ignore cancellation."""
+        found = []
+        if threads.any_running():
+            found.append("sync handler threads")
+        # The loop's default executor ("asyncio_N", e.g. psycopg's address lookups) is left to
+        # asyncio: its threads idle; a handler that stuck one is bounded by the exit deadline.
+        others = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()
+                  and not t.name.startswith("asyncio_")]
+        if others:
+            found.append(f"threads {', '.join(others[:5])}")
+        if self.producer is not None and self.producer.abandoned:
+            found.append(f"{len(self.producer.abandoned)} handler tasks ignoring cancellation")
+        return "; ".join(found) or None
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=self.concurrency,
-                                                     thread_name_prefix="skiplock-sync"))
         # No check on checkout: it cost a round trip per claim and per flush (~0.6 ms of each
         # pickup); every worker query is retried after a failure, on a fresh connection.
         # A short pool timeout: while the database is away every service is waiting in the pool,
@@ -100,16 +142,19 @@ class Worker:
         await pool.open()
         self.completer = completer = Completer(pool, self.id)
         heartbeat_ref: list[Heartbeat] = []
+        # The heartbeat runs on its own thread and connection (a blocked event loop must not
+        # stop it), so the pool needs no connection for it.
         self.producer = producer = Producer(
             pool, completer, self.registry, worker_id=self.id, queues=self.queues, concurrency=self.concurrency,
             lease_seconds=self.lease_seconds, poll_interval=self.poll_interval, burst=self.burst,
             healthy=lambda: heartbeat_ref[0].healthy(), max_result_bytes=self.max_result_bytes)
-        heartbeat = Heartbeat(pool, producer, worker_id=self.id, lease_seconds=self.lease_seconds,
-                              interval=self.heartbeat_seconds)
+        self.heartbeat = heartbeat = Heartbeat(self.url, producer, worker_id=self.id,
+                                               lease_seconds=self.lease_seconds, interval=self.heartbeat_seconds)
         heartbeat_ref.append(heartbeat)
-        services: list[PeriodicService] = [heartbeat, Rescuer(pool, interval=self.rescue_interval,
-                                                              stale_worker_seconds=max(3600, self.lease_seconds * 10)),
-                                           _Summary(self, self.summary_interval)]
+        services: list[Service] = [heartbeat, self.watchdog,
+                                   Rescuer(pool, interval=self.rescue_interval,
+                                           stale_worker_seconds=max(3600, self.lease_seconds * 10)),
+                                   _Summary(self, self.summary_interval)]
         if self.retention_seconds:
             services.append(Pruner(pool, interval=self.prune_interval, retention_seconds=self.retention_seconds))
         listener = Listener(self.url, producer.notify, queues=self.queues) if self.listen else None
@@ -128,15 +173,18 @@ class Worker:
             await asyncio.wait([claim_loop, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            self.watchdog.arm_deadline()
             emit("skiplock.worker.stopping", worker=self.id, running=len(producer.running))
             producer.stopping.set()
             await claim_loop
+            if producer.wedged:
+                self.exit_code = EXIT_WEDGED
             await self._drain(producer)
             if listener:
                 await listener.stop()
             for s in services:
                 await s.stop()
-            await completer.stop()
+            await completer.stop(timeout=SHUTDOWN_BOUND - STOP_WAIT - 1)
             await self._release(pool, producer)
             try:
                 async with pool.connection() as conn:
@@ -145,7 +193,8 @@ class Worker:
                 pass
             await pool.close()
             emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=producer.succeeded,
-                 failed=producer.failed, retried=producer.retried, fenced=producer.fenced)
+                 failed=producer.failed, retried=producer.retried, fenced=producer.fenced,
+                 abandoned=",".join(map(str, self.abandoned)) or None)
 
     async def _register(self, pool: AsyncConnectionPool) -> None:
         delay = 0.2
@@ -167,19 +216,35 @@ class Worker:
                 delay = min(delay * 2, 10)
 
     async def _drain(self, producer: Producer) -> None:
-        """Let running jobs finish within the grace period; cancel the rest."""
-        tasks = [r.task for r in producer.running.values()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.grace_seconds)
-        self._leftover = [(r.job, r.ctx) for r in producer.running.values()]
-        for r in list(producer.running.values()):
+        """Let running jobs finish within the grace period; then stop the rest: cancel async
+        handlers, tell sync ones through ctx.cancelled (cancelling the task that awaits a
+        thread would not stop the thread), and wait up to STOP_WAIT. Those that stopped
+        without an outcome are released; those still running are abandoned, not released."""
+        running = list(producer.running.values())
+        if running:
+            await asyncio.wait([r.task for r in running], timeout=self.grace_seconds)
+        rest = [r for r in running if not r.task.done()]
+        in_threads = {j.job_id for j in threads.running(self.id)}
+        for r in rest:
+            producer.interrupted.add(r.job.id)
             r.ctx.mark_cancelled()
-            r.task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
+            if r.job.id not in in_threads:
+                r.task.cancel()
+        if rest:
+            await asyncio.wait([r.task for r in rest], timeout=STOP_WAIT)
+        self._leftover = [(r.job, r.ctx) for r in rest if r.task.done()]
+        self.abandoned = [r.job.id for r in rest if not r.task.done()]
+        for r in rest:
+            if not r.task.done():
+                emit("skiplock.job.abandoned", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
+                     worker=self.id, kind="shutdown",
+                     reason=f"its handler did not stop within the grace period and {STOP_WAIT}s after it was "
+                            "cancelled; not released (it would run twice at once): the rescuer re-queues it "
+                            "after its lease")
 
     async def _release(self, pool: AsyncConnectionPool, producer: Producer) -> None:
-        leftover = getattr(self, "_leftover", [])
+        unconfirmed = producer.completer.held()  # an outcome we could not flush: not ours to release
+        leftover = [(j, c) for j, c in getattr(self, "_leftover", []) if j.id not in unconfirmed]
         if not leftover:
             return
         for attempt in range(10):

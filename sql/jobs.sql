@@ -161,8 +161,34 @@ UPDATE skiplock.jobs j
 RETURNING j.id;
 
 -- name: extend_leases_if_held
--- Heartbeat: renew the lease of every job this worker still holds. Ids missing from the
--- result were cancelled or rescued meanwhile; the worker stops running them.
+-- Heartbeat: renew the lease of every job this worker still holds. Returns each id still
+-- held under its attempt, with `renewed` false where another transaction has the row locked
+-- (a handler updating its own job in an open transaction): the row is skipped, not waited
+-- for, so one handler's lock cannot hold up the renewal of every other job. Ids missing from
+-- the result were cancelled or rescued meanwhile; the worker stops running them.
+-- `mine` reads the snapshot (no lock); `renewable` locks and re-checks the fence.
+WITH h AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[],
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
+           AS h(id, attempt, worker)
+), mine AS (
+    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+), renewable AS (
+    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+       FOR UPDATE OF j SKIP LOCKED  -- plan: see finish_many_if_held
+), renewed AS (
+    UPDATE skiplock.jobs j
+       SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
+      FROM renewable r
+     WHERE j.id = r.id
+    RETURNING j.id
+)
+SELECT m.id, r.id IS NOT NULL AS renewed FROM mine m LEFT JOIN renewed r ON r.id = m.id;
+
+-- name: extend_leases_waiting
+-- Heartbeat, for the rows extend_leases_if_held found locked: the same fenced renewal, but
+-- waiting for the lock (on a connection of its own). Queued on the row lock, it renews the
+-- lease as soon as the holder commits, before a rescuer (which skips locked rows) can take it.
 UPDATE skiplock.jobs j
    SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
