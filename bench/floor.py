@@ -109,7 +109,7 @@ def run_all(url: str, *, repeat: int = 3, sizes: dict[str, int] | None = None) -
 
 def _timed_statements(url: str, name: str, params: list[dict[str, Any]], jobs_each: int) -> float:
     """Jobs/s: the named query once per params, each its own transaction, on emptied tables."""
-    from skiplock.sql import q
+    from skiplock.queries.loader import q
 
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
         c.execute("TRUNCATE skiplock.jobs, skiplock.job_history")
@@ -145,7 +145,7 @@ def schema_insert_batch(url: str, n: int, batch: int = 10_000) -> float:
 def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
     """Jobs/s: claim_batch of `batch` rows then finish_many_if_held of the same rows, one after
     the other on one connection, until `n` queued jobs are done."""
-    from skiplock.sql import q
+    from skiplock.queries.loader import q
 
     from .ours import load
 

@@ -26,8 +26,8 @@ from .errors import (
 )
 from .job import PRIORITIES, STATES, uuid7
 from .ops import JobPage, Operations
+from .runtime.worker import Worker
 from .tasks import Task, TaskRegistry, registry, task
-from .worker import Worker
 
 __all__ = [
     "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",

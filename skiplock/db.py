@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .job import ClaimedJob
-from .sql import q
+from .queries.loader import q
 
 AsyncConn = psycopg.AsyncConnection[Any]
 

@@ -26,10 +26,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import admin, db
+from . import db
 from .errors import InvalidInput, JobNotFound, translate
 from .job import STATES, check_queue, check_task_name
-from .pruner import prune_finished_jobs
+from .queries import api as admin
+from .runtime.pruner import prune_finished_jobs
 
 Connect = Callable[[], AbstractAsyncContextManager[db.AsyncConn]]
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import psycopg
 
 from .events import emit
-from .sql import q
+from .queries.loader import q
 
 
 class Wakeups:

@@ -13,9 +13,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.requests import Request
 
 from app.settings import Settings
-from skiplock import admin, db
+from skiplock import db
 from skiplock.errors import InvalidInput, QueueFull
 from skiplock.ops import Operations
+from skiplock.queries import api as admin
 from skiplock.tasks import TaskRegistry
 from skiplock.wakeup import Wakeups
 

@@ -11,10 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from skiplock import admin, db
+from skiplock import db
 from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
 from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
 from skiplock.job import STATES, check_queue, check_task_name, priority_value
+from skiplock.queries import api as admin
 
 from .bodies import read_json, validate
 from .context import api, request_id

@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app import migrate
-from skiplock import admin
 from skiplock.job import PRIORITY_NAMES, priority_value
+from skiplock.queries import api as admin
 
 from .context import api
 from .errors import error_response

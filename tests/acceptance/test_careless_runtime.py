@@ -22,7 +22,7 @@ import pytest
 
 import tests.acceptance.careless_runtime_tasks  # noqa: F401 - registers the tasks enqueue() reads
 from skiplock import registry
-from skiplock.watchdog import SHUTDOWN_BOUND
+from skiplock.runtime.watchdog import SHUTDOWN_BOUND
 from tests.acceptance.chaos.dbq import create_ledger, rows, scalar
 from tests.acceptance.chaos.fleet import Fleet, WorkerProc
 from tests.acceptance.chaos.ledger import wait_terminal

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from skiplock import InvalidInput, JobContext, TaskRegistry, Worker, db, enqueue, task
-from skiplock.completer import Completer
-from skiplock.executor import Outcome
+from skiplock.runtime.completer import Completer
+from skiplock.runtime.executor import Outcome
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from skiplock.sql import q
+from skiplock.queries.loader import q
 
 QUEUED = 30_000
 FINISHED = 150_000

@@ -16,7 +16,7 @@ import app.tasks  # noqa: F401 - registers the example tasks
 from app import cli
 from app.http import create_app
 from app.settings import Settings
-from skiplock.sql import q
+from skiplock.queries.loader import q
 
 
 @pytest.fixture

@@ -361,7 +361,7 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
 def test_split_claims_run_every_job_exactly_once(db_url, pg_conn, reg):
     """Concurrency above CLAIM_PART claims with two statements at once on two connections:
     together they take each queued job once, and every one runs once and succeeds."""
-    from skiplock.producer import claim_parts
+    from skiplock.runtime.producer import claim_parts
 
     assert claim_parts(401) == [201, 200] and claim_parts(200) == [200]
 
@@ -384,7 +384,7 @@ def test_an_idle_worker_claims_once_per_pickup(db_url, pg_conn, reg, monkeypatch
     """A claim that found fewer jobs than free slots found all there were: the next claim waits
     for a NOTIFY (an idle worker used to send an empty claim right after each pickup, ahead
     of the handler's start)."""
-    from skiplock import producer
+    from skiplock.runtime import producer
 
     results: list[int] = []
     real = producer.db.claim_jobs
@@ -420,7 +420,7 @@ def test_a_claim_whose_answer_was_lost_gives_its_jobs_back_at_once(db_url, pg_co
     two): the worker holds rows it never started. After the failure it gives them back to the
     queue with the attempt returned, so they run at once, not after the lease (60 s here) as if
     the worker had died."""
-    from skiplock import producer
+    from skiplock.runtime import producer
 
     real = producer.db.claim_jobs
     lost: list[list[uuid.UUID]] = []
@@ -459,7 +459,7 @@ def test_leases_of_finished_jobs_are_renewed_until_their_acknowledgement_lands(d
     """The handler finished but the database refuses the acknowledgement for twice the lease:
     the heartbeat keeps renewing the job's lease meanwhile, so the rescuer leaves it alone and
     the job succeeds once, at attempt 1 (not rescued and run again as if the worker had died)."""
-    from skiplock import completer
+    from skiplock.runtime import completer
 
     real = completer.db.finish_many_if_held
     refuse_until: list[float] = []

@@ -13,7 +13,7 @@ from psycopg import sql
 
 from app import migrate
 from app.embedded_pg import Cluster
-from skiplock.sql import schema_sql
+from skiplock.queries.loader import schema_sql
 
 
 def dump_schema(cluster: Cluster, dbname: str) -> str:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from app.settings import Settings
 from skiplock import InvalidArguments, InvalidInput, JobContext, TaskRegistry, UnknownTask, task, uuid7
-from skiplock.sql import parse, queries
+from skiplock.queries.loader import parse, queries
 
 ROOT = Path(__file__).resolve().parents[2]
 

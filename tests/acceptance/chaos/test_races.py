@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 import tests.acceptance.chaos_tasks  # noqa: F401 - registers chaos.work for the in-process enqueue
 from skiplock import enqueue
-from skiplock.sql import q
+from skiplock.queries.loader import q
 from tests.acceptance.chaos.conftest import FORMS, Report
 from tests.acceptance.chaos.dbq import rows, scalar
 from tests.acceptance.chaos.fleet import ApiProc, Fleet, api_available, worker_env

@@ -1,4 +1,4 @@
-"""Retention: the pruner (skiplock/pruner.py: Pruner, sql prune_finished) deletes finished
+"""Retention: the pruner (skiplock/runtime/pruner.py: Pruner, sql prune_finished) deletes finished
 jobs and their history once they are older than the retention, a small batch per statement,
 and never a queued or running job, however old. Several pruners at once (every worker runs
 one) share the work through SKIP LOCKED without errors or double counting. A real worker
@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from skiplock import db
-from skiplock.pruner import Pruner
+from skiplock.runtime.pruner import Pruner
 from tests.acceptance.chaos.dbq import rows, scalar
 from tests.acceptance.chaos.fleet import Fleet, worker_env
 from tests.acceptance.procs import cli, wait_for

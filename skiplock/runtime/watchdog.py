@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from .events import emit
+from ..events import emit
 from .threads import JobRef, current_job
 
 TICK = 0.1

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 
 import psycopg
 
-from .events import emit
+from ..events import emit
 
 CHANNEL = "skiplock_jobs"
 

@@ -17,7 +17,7 @@ _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 def sql_dir() -> Path:
     """The folder that holds the `.sql` files, installed or in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the skiplock package
     for candidate in (here / "_sql", here.parent / "sql"):
         if (candidate / "schema.sql").exists():
             return candidate

@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from .events import emit
+from ..events import emit
+from ..queries.loader import q
 from .producer import Producer
-from .sql import q
 
 log = logging.getLogger("skiplock")
 

@@ -24,14 +24,15 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import db, threads
+from .. import db
+from ..context import JobContext
+from ..events import emit, log
+from ..job import ClaimedJob
+from ..storable import MAX_RESULT_BYTES
+from ..tasks import TaskRegistry
+from . import threads
 from .completer import Completer
-from .context import JobContext
-from .events import emit, log
 from .executor import Outcome, execute
-from .job import ClaimedJob
-from .storable import MAX_RESULT_BYTES
-from .tasks import TaskRegistry
 from .threads import JobRef, current_job
 
 CLAIM_PART = 200

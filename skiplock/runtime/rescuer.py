@@ -7,8 +7,8 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
-from .events import emit
+from .. import db
+from ..events import emit
 from .service import PeriodicService
 
 

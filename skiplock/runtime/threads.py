@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .events import emit
+from ..events import emit
 
 T = TypeVar("T")
 

@@ -19,11 +19,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
-from .context import JobContext
-from .events import emit
+from .. import db
+from ..context import JobContext
+from ..events import emit
+from ..storable import safe_text
 from .executor import Outcome
-from .storable import safe_text
 
 MAX_BATCH = 1000
 MAX_BATCH_BYTES = 32 * 1024 * 1024

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..context import JobContext
+from ..errors import JobCancelled, NonRetryableError, SkiplockError
+from ..job import ClaimedJob
+from ..storable import MAX_RESULT_BYTES, Unstorable, safe_text, to_json
+from ..tasks import TaskRegistry
 from . import threads
-from .context import JobContext
-from .errors import JobCancelled, NonRetryableError, SkiplockError
-from .job import ClaimedJob
-from .storable import MAX_RESULT_BYTES, Unstorable, safe_text, to_json
-from .tasks import TaskRegistry
 
 
 @dataclass(slots=True)

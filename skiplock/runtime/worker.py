@@ -25,18 +25,19 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
-from . import catalog, db, threads
+from .. import catalog, db
+from ..events import emit
+from ..storable import MAX_RESULT_BYTES
+from ..tasks import TaskRegistry
+from ..tasks import registry as default_registry
+from . import threads
 from .completer import Completer
-from .events import emit
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .producer import Producer
 from .pruner import Pruner
 from .rescuer import Rescuer
 from .service import PeriodicService
-from .storable import MAX_RESULT_BYTES
-from .tasks import TaskRegistry
-from .tasks import registry as default_registry
 from .watchdog import EXIT_WEDGED, SHUTDOWN_BOUND, Watchdog
 
 STOP_WAIT = 3.0

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
+from .. import db
 from .service import PeriodicService
 
 

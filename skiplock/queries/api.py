@@ -7,9 +7,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from .db import AsyncConn, fetch_all, fetch_one
-from .errors import QueueNotEmpty, QueueNotFound
-from .job import check_queue
+from ..db import AsyncConn, fetch_all, fetch_one
+from ..errors import QueueNotEmpty, QueueNotFound
+from ..job import check_queue
 
 
 async def list_jobs(conn: AsyncConn, *, queue: str | None = None, state: str | None = None,

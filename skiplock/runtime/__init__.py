@@ -1,0 +1,2 @@
+"""The worker and its background pieces: claim loop, executor, completer, heartbeat, watchdog,
+listener and maintenance services."""
