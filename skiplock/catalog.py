@@ -4,10 +4,10 @@ defaults and argument schema, for submitters that do not import the task's code.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from .db import AsyncConn, execute, fetch_all, fetch_one, jsonb
+from .db import AsyncConn, jsonb
 from .job import priority_value
+from .queries import tasks as catalog_queries
 from .tasks import Task
 
 
@@ -16,16 +16,9 @@ async def record_tasks(conn: AsyncConn, tasks: Iterable[Task], *, worker_id: str
     ts = list(tasks)
     if not ts:
         return 0
-    return await execute(conn, "record_tasks", {
-        "worker_id": worker_id, "names": [t.name for t in ts], "queues": [t.queue for t in ts],
-        "priorities": [priority_value(t.priority) for t in ts], "max_attempts": [t.max_attempts for t in ts],
-        "timeouts": [None if t.timeout is None else float(t.timeout) for t in ts],
-        "schemas": [jsonb(t.json_schema()) for t in ts]})
+    return await catalog_queries.record_tasks(
+        conn, worker_id=worker_id, names=[t.name for t in ts], queues=[t.queue for t in ts],
+        priorities=[priority_value(t.priority) for t in ts], max_attempts=[t.max_attempts for t in ts],
+        timeouts=[None if t.timeout is None else float(t.timeout) for t in ts],
+        schemas=[jsonb(t.json_schema()) for t in ts])
 
-
-async def recorded_task(conn: AsyncConn, name: str) -> dict[str, Any] | None:
-    return await fetch_one(conn, "recorded_task", {"name": name})
-
-
-async def recorded_tasks(conn: AsyncConn) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "recorded_tasks", {})

@@ -1,22 +1,15 @@
-"""Connections and the thin query functions: one per named query, connection first, so each
-runs on a pool connection or inside the caller's own transaction."""
+"""Connections: the pools the worker, the API and Operations use, and the values sent as jsonb.
+The queries themselves are reached through skiplock.queries."""
 
 from __future__ import annotations
 
 import select
 import time
-import uuid
-from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-
-from .job import ClaimedJob
-from .queries.loader import q
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -76,147 +69,5 @@ def _has_input(conn: AsyncConn) -> bool:
     return bool(readable)
 
 
-async def set_correlation_id(conn: AsyncConn, correlation_id: str | None) -> None:
-    """Tag the history rows this transaction writes (transaction-local)."""
-    if correlation_id:
-        await conn.execute("SELECT set_config('skiplock.correlation_id', %s, true)", (correlation_id[:200],))
-
-
-async def fetch_all(conn: AsyncConn, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q(name), params)
-        return await cur.fetchall()
-
-
-async def fetch_one(conn: AsyncConn, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(q(name), params)
-        return await cur.fetchone()
-
-
-async def execute(conn: AsyncConn, name: str, params: dict[str, Any]) -> int:
-    async with conn.cursor() as cur:
-        await cur.execute(q(name), params)
-        return cur.rowcount
-
-
 def jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
-
-
-# -- jobs -------------------------------------------------------------------------------
-
-async def get_job(conn: AsyncConn, job_id: uuid.UUID) -> dict[str, Any] | None:
-    return await fetch_one(conn, "get_job", {"id": job_id})
-
-
-async def get_history(conn: AsyncConn, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "get_history", {"id": job_id})
-
-
-def _claimed_job_row(cursor: Any) -> Any:
-    return lambda values: ClaimedJob(*values)
-
-
-async def claim_jobs(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
-                     lease_seconds: float, now: datetime | None = None) -> list[ClaimedJob]:
-    """The claim_batch query: rows straight into ClaimedJob (columns in field order),
-    without a dict per row."""
-    async with conn.cursor(row_factory=_claimed_job_row) as cur:
-        await cur.execute(q("claim_batch"), {
-            "worker_id": worker_id, "queues": list(queues) if queues else None, "limit": limit,
-            "lease_seconds": lease_seconds, "now": now})
-        rows: list[ClaimedJob] = await cur.fetchall()
-        return rows
-
-
-async def finish_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
-                              states: list[str], results: list[Jsonb | None] | None, errors: list[str | None] | None,
-                              run_ats: list[datetime | None] | None, checkpoints: list[Jsonb | None] | None,
-                              progresses: list[Jsonb | None] | None, now: datetime | None = None) -> set[uuid.UUID]:
-    """Acknowledge outcomes (see the query). A column given as None is NULL for every row."""
-    rows = await fetch_all(conn, "finish_many_if_held", {
-        "worker_id": worker_id, "ids": ids, "attempts": attempts, "states": states, "results": results,
-        "errors": errors, "run_ats": run_ats, "checkpoints": checkpoints, "progresses": progresses, "now": now})
-    return {r["id"] for r in rows}
-
-
-async def update_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
-                              checkpoints: list[Jsonb | None], progresses: list[Jsonb | None]) -> set[uuid.UUID]:
-    rows = await fetch_all(conn, "update_many_if_held", {
-        "worker_id": worker_id, "ids": ids, "attempts": attempts, "checkpoints": checkpoints,
-        "progresses": progresses})
-    return {r["id"] for r in rows}
-
-
-async def release_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
-                               checkpoints: list[Jsonb | None], progresses: list[Jsonb | None],
-                               now: datetime | None = None) -> set[uuid.UUID]:
-    rows = await fetch_all(conn, "release_many_if_held", {
-        "worker_id": worker_id, "ids": ids, "attempts": attempts, "checkpoints": checkpoints,
-        "progresses": progresses, "now": now})
-    return {r["id"] for r in rows}
-
-
-async def release_unknown_holds(conn: AsyncConn, *, worker_id: str, known: list[uuid.UUID],
-                                now: datetime | None = None) -> list[dict[str, Any]]:
-    """Release the rows running under this worker that it does not know of (see the query)."""
-    return await fetch_all(conn, "release_unknown_holds", {"worker_id": worker_id, "known": known, "now": now})
-
-
-async def extend_leases_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
-                                lease_seconds: float, now: datetime | None = None) -> set[uuid.UUID]:
-    rows = await fetch_all(conn, "extend_leases_if_held", {
-        "worker_id": worker_id, "ids": ids, "attempts": attempts, "lease_seconds": lease_seconds, "now": now})
-    return {r["id"] for r in rows}
-
-
-async def rescue_expired(conn: AsyncConn, *, limit: int = 1000, now: datetime | None = None) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "rescue_expired", {"limit": limit, "now": now})
-
-
-async def prune_finished(conn: AsyncConn, *, older_than_seconds: float, limit: int = 1000,
-                         now: datetime | None = None) -> int:
-    row = await fetch_one(conn, "prune_finished", {"older_than_seconds": older_than_seconds, "limit": limit,
-                                                   "now": now})
-    return int(row["deleted"]) if row else 0
-
-
-async def cancel_job(conn: AsyncConn, job_id: uuid.UUID) -> str:
-    row = await fetch_one(conn, "cancel_job", {"id": job_id})
-    assert row is not None
-    return str(row["state"])
-
-
-async def retry_job(conn: AsyncConn, job_id: uuid.UUID) -> str:
-    row = await fetch_one(conn, "retry_job", {"id": job_id})
-    assert row is not None
-    return str(row["state"])
-
-
-# -- queues and workers -------------------------------------------------------------------
-
-async def queue_stats(conn: AsyncConn) -> list[dict[str, Any]]:
-    return await fetch_all(conn, "queue_stats", {})
-
-
-async def set_paused(conn: AsyncConn, name: str, paused: bool) -> dict[str, Any] | None:
-    return await fetch_one(conn, "set_paused", {"name": name, "paused": paused})
-
-
-async def register_worker(conn: AsyncConn, *, worker_id: str, hostname: str, pid: int,
-                          queues: Sequence[str] | None, concurrency: int) -> None:
-    await execute(conn, "register_worker", {"id": worker_id, "hostname": hostname, "pid": pid,
-                                            "queues": list(queues) if queues else None, "concurrency": concurrency})
-
-
-async def touch_worker(conn: AsyncConn, worker_id: str, now: datetime | None = None) -> None:
-    await execute(conn, "touch_worker", {"id": worker_id, "now": now})
-
-
-async def unregister_worker(conn: AsyncConn, worker_id: str) -> None:
-    await execute(conn, "unregister_worker", {"id": worker_id})
-
-
-async def delete_stale_workers(conn: AsyncConn, older_than_seconds: float, now: datetime | None = None) -> int:
-    return await execute(conn, "delete_stale_workers", {"older_than_seconds": older_than_seconds, "now": now})

@@ -16,6 +16,7 @@ import psycopg
 from . import db
 from .errors import InvalidInput, SkiplockError, translate
 from .job import check_queue, priority_value, uuid7
+from .queries import jobs
 from .tasks import Task, TaskRegistry
 from .tasks import registry as default_registry
 
@@ -135,10 +136,10 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
 async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None,
                       defer_notify: bool) -> Enqueued:
     params = dict(row, args=row["args_json"], correlation_id=correlation_id, defer_notify=defer_notify)
-    inserted = await db.fetch_one(conn, "insert_job", params)
+    inserted = await jobs.insert_job(conn, params)
     if inserted is not None:
         return Enqueued(inserted, True)
-    existing = await db.fetch_one(conn, "find_by_idempotency_key", params)
+    existing = await jobs.find_by_idempotency_key(conn, row["queue"], row["idempotency_key"])
     assert existing is not None, "conflicting idempotency key vanished"
     return Enqueued(existing, False)
 
@@ -146,7 +147,7 @@ async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: s
 async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlation_id: str | None,
                        defer_notify: bool) -> list[Enqueued]:
     cols = {k: [r[k] for r in rows] for k in rows[0]}
-    inserted = await db.fetch_all(conn, "insert_jobs", {"correlation_id": correlation_id,
+    inserted = await jobs.insert_jobs(conn, {"correlation_id": correlation_id,
         "defer_notify": defer_notify, "ids": cols["id"], "tasks": cols["task"],
         "args": cols["args_json"],
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
@@ -160,7 +161,7 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
             del row["args_json"]
             out.append(Enqueued(row, True))
             continue
-        existing = await db.fetch_one(conn, "find_by_idempotency_key", r)
+        existing = await jobs.find_by_idempotency_key(conn, r["queue"], r["idempotency_key"])
         assert existing is not None
         out.append(Enqueued(existing, False))
     return out

@@ -27,9 +27,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
-from .errors import InvalidInput, JobNotFound, translate
+from .errors import InvalidInput, JobNotFound, QueueNotEmpty, QueueNotFound, translate
 from .job import STATES, check_queue, check_task_name
-from .queries import api as admin
+from .queries import api, jobs, queues, session, workers
 from .runtime.pruner import prune_finished_jobs
 
 Connect = Callable[[], AbstractAsyncContextManager[db.AsyncConn]]
@@ -108,10 +108,10 @@ class Operations:
         """The job's row with its timeline under "history" (oldest first); JobNotFound if none."""
         jid = parse_job_id(job_id)
         async with self._conn() as conn:
-            row = await db.get_job(conn, jid)
+            row = await jobs.get_job(conn, jid)
             if row is None:
                 raise JobNotFound(f"no job {jid}", field="id")
-            row["history"] = await db.get_history(conn, jid)
+            row["history"] = await jobs.get_history(conn, jid)
         return row
 
     async def list_jobs(self, *, queue: str | None = None, state: str | None = None, task: str | None = None,
@@ -126,30 +126,30 @@ class Operations:
         batch_id = parse_job_id(batch, field="batch") if batch is not None else None
         before = decode_cursor(cursor) if cursor is not None else None
         async with self._conn() as conn:
-            rows = await admin.list_jobs(conn, queue=check_queue(queue) if queue is not None else None,
-                                         state=state, task=check_task_name(task) if task is not None else None,
-                                         batch_id=batch_id, before=before, limit=limit + 1)
-        jobs = rows[:limit]
-        return JobPage(jobs, encode_cursor(jobs[-1]["id"]) if len(rows) > limit else None)
+            rows = await jobs.list_jobs(conn, queue=check_queue(queue) if queue is not None else None,
+                                        state=state, task=check_task_name(task) if task is not None else None,
+                                        batch_id=batch_id, before=before, limit=limit + 1)
+        page = rows[:limit]
+        return JobPage(page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None)
 
     async def cancel(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
         """queued or running → cancelled (a running job's worker stops it); InvalidTransition
         otherwise. Returns the job's row."""
-        return await self._transition(db.cancel_job, job_id, correlation_id)
+        return await self._transition(jobs.cancel_job, job_id, correlation_id)
 
     async def retry(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
         """failed or cancelled → queued, with a fresh round of attempts; InvalidTransition
         otherwise. Returns the job's row."""
-        return await self._transition(db.retry_job, job_id, correlation_id)
+        return await self._transition(jobs.retry_job, job_id, correlation_id)
 
     async def _transition(self, action: Callable[[db.AsyncConn, uuid.UUID], Any], job_id: str | uuid.UUID,
                           correlation_id: str | None) -> dict[str, Any]:
         jid = parse_job_id(job_id)
         async with self._conn() as conn:
             async with conn.transaction():
-                await db.set_correlation_id(conn, correlation_id)
+                await session.set_correlation_id(conn, correlation_id)
                 await action(conn, jid)
-            row = await db.get_job(conn, jid)
+            row = await jobs.get_job(conn, jid)
         if row is None:  # pruned between the transition and the read
             raise JobNotFound(f"no job {jid}", field="id")
         return row
@@ -176,20 +176,26 @@ class Operations:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit", value=limit)
         after = check_queue(cursor, field="cursor") if cursor is not None else None
         async with self._conn() as conn:
-            rows = await admin.queue_page(conn, after=after, limit=limit + 1, now=now)
-        queues = rows[:limit]
-        return QueuePage(queues, queues[-1]["queue"] if len(rows) > limit else None)
+            rows = await queues.queue_page(conn, after=after, limit=limit + 1, now=now)
+        page = rows[:limit]
+        return QueuePage(page, page[-1]["queue"] if len(rows) > limit else None)
 
     async def delete_queue(self, name: str) -> None:
         """Forget an empty queue's settings; QueueNotEmpty while jobs name it (finished ones
         until pruned), QueueNotFound when it has neither jobs nor settings."""
+        name = check_queue(name, field="name")
         async with self._conn() as conn:
-            await admin.delete_queue(conn, check_queue(name, field="name"))
+            jobs_left, existed = await queues.delete_queue_if_empty(conn, name)
+        if jobs_left:
+            raise QueueNotEmpty(f"queue {name!r} still has {jobs_left} jobs; delete it once they are finished and "
+                                "pruned", field="name", details={"queue": name, "jobs": jobs_left})
+        if not existed:
+            raise QueueNotFound(f"no queue {name!r}", field="name", details={"queue": name})
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """skiplock.queue_stats: counts by state per queue (what `skiplock status` prints)."""
         async with self._conn() as conn:
-            return await db.queue_stats(conn)
+            return await queues.queue_stats(conn)
 
     async def pause_queue(self, name: str) -> dict[str, Any]:
         """Workers stop claiming from the queue; it still accepts jobs."""
@@ -201,7 +207,7 @@ class Operations:
     async def _set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         name = check_queue(name, field="name")
         async with self._conn() as conn:
-            row = await db.set_paused(conn, name, paused)
+            row = await queues.set_paused(conn, name, paused)
         assert row is not None
         return row
 
@@ -209,17 +215,17 @@ class Operations:
         """Beyond `max_waiting` waiting jobs, submissions to the queue are refused (QueueFull)."""
         name = check_queue(name, field="name")
         async with self._conn() as conn:
-            row = await admin.set_max_waiting(conn, name, max_waiting)
+            row = await api.set_max_waiting(conn, name, max_waiting)
         assert row is not None
         return row
 
     async def schema_revision(self) -> str | None:
         """The Alembic revision the database is at (None before the first migration)."""
         async with self._conn() as conn:
-            return await admin.schema_revision(conn)
+            return await api.schema_revision(conn)
 
     # -- workers ------------------------------------------------------------------------------
     async def workers(self, *, hostname: str | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
         """Registered workers (optionally of one host) with the age of their last heartbeat."""
         async with self._conn() as conn:
-            return await db.fetch_all(conn, "list_workers", {"hostname": hostname, "now": now})
+            return await workers.list_workers(conn, hostname=hostname, now=now)

@@ -22,11 +22,12 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 
 from .events import emit
-from .queries.loader import q
+from .queries.jobs import wake_queues
 
 
 class Wakeups:
@@ -41,7 +42,7 @@ class Wakeups:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
-        self._conn: psycopg.AsyncConnection[object] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
 
     def touch(self, queues: Iterable[str]) -> None:
         """Call after the commit that queued jobs in `queues`."""
@@ -83,7 +84,7 @@ class Wakeups:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=5)
-                await self._conn.execute(q("wake_queues"), {"queues": queues})
+                await wake_queues(self._conn, queues)
                 self.sent += 1
                 failures = 0
             except (psycopg.Error, OSError) as exc:

@@ -47,8 +47,9 @@ RETURNING id;
 -- name: wake_queues
 -- Wake workers sleeping on these queues; sent after the jobs' commit by a submitter that
 -- deferred the insert trigger's NOTIFY. Its own transaction writes nothing, so its commit
--- does not wait for a WAL flush and holds the notify lock only briefly.
-SELECT pg_notify('skiplock_jobs', q) FROM unnest(%(queues)s::text[]) AS q;
+-- does not wait for a WAL flush and holds the notify lock only briefly. %(channel)s is the
+-- trigger's channel, named once in Python (skiplock.queries.jobs.NOTIFY_CHANNEL).
+SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q;
 
 -- name: find_by_idempotency_key
 SELECT * FROM skiplock.jobs WHERE queue = %(queue)s AND idempotency_key = %(idempotency_key)s;

@@ -12,11 +12,3 @@ ON CONFLICT (name) DO UPDATE
    SET queue = EXCLUDED.queue, priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
        timeout = EXCLUDED.timeout, args_schema = EXCLUDED.args_schema, worker_id = EXCLUDED.worker_id,
        updated_at = EXCLUDED.updated_at;
-
--- name: recorded_task
-SELECT name, queue, priority, max_attempts, timeout, args_schema, worker_id, updated_at
-  FROM skiplock.tasks WHERE name = %(name)s;
-
--- name: recorded_tasks
-SELECT name, queue, priority, max_attempts, timeout, args_schema, worker_id, updated_at
-  FROM skiplock.tasks ORDER BY name;

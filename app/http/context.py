@@ -16,7 +16,7 @@ from app.settings import Settings
 from skiplock import db
 from skiplock.errors import InvalidInput, QueueFull
 from skiplock.ops import Operations
-from skiplock.queries import api as admin
+from skiplock.queries import api as api_queries
 from skiplock.tasks import TaskRegistry
 from skiplock.wakeup import Wakeups
 
@@ -77,7 +77,7 @@ class ApiState:
         """Queues that have a max_waiting, refreshed at most every LIMITS_TTL: submissions to
         other queues pay nothing for the limit check."""
         if time.monotonic() - self._limited_at > LIMITS_TTL:
-            self._limited = await admin.limited_queues(conn)
+            self._limited = await api_queries.limited_queues(conn)
             self._limited_at = time.monotonic()
         return self._limited
 
@@ -99,8 +99,8 @@ class ApiState:
             yield
             return
         async with conn.transaction():
-            limits = await admin.lock_limited_queues(conn, limited)
-            waiting = await admin.count_waiting_in(conn, list(limits)) if limits else {}
+            limits = await api_queries.lock_limited_queues(conn, limited)
+            waiting = await api_queries.count_waiting_in(conn, list(limits)) if limits else {}
             for queue, limit in limits.items():
                 now = waiting.get(queue, 0)
                 if now + wanted[queue] > limit:

@@ -11,11 +11,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from skiplock import db
 from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
 from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
 from skiplock.job import STATES, check_queue, check_task_name, priority_value
-from skiplock.queries import api as admin
+from skiplock.queries import jobs as job_queries
+from skiplock.queries import session
 
 from .bodies import read_json, validate
 from .context import api, request_id
@@ -76,7 +76,7 @@ async def submit(request: Request) -> Response:
         except QueueFull:
             # A client repeating a request whose answer it lost gets its job back (or a 409),
             # not a 429: the job it asks for is already stored and needs no room.
-            existing = await admin.find_by_idempotency_key(conn, queue, key) if key is not None else None
+            existing = await job_queries.find_by_idempotency_key(conn, queue, key) if key is not None else None
             if existing is None:
                 raise
             job = Enqueued(existing, False)
@@ -131,10 +131,10 @@ async def get_job(request: Request) -> Response:
     state = api(request)
     job_id = _job_id(request.path_params["job_id"])
     async with state.connection() as conn:
-        row = await db.get_job(conn, job_id)
+        row = await job_queries.get_job(conn, job_id)
         if row is None:
             raise JobNotFound(f"no job {job_id}", field="id")
-        history = await db.get_history(conn, job_id)
+        history = await job_queries.get_history(conn, job_id)
     out = JobDetail(**JobOut.from_row(row).model_dump(), history=[HistoryEntry(**h) for h in history])
     return _json(out)
 
@@ -176,8 +176,8 @@ async def list_jobs(request: Request) -> Response:
             raise InvalidInput("batch must be a UUID", field="batch") from None
     before = _cursor_decode(p["cursor"]) if "cursor" in p else None
     async with api(request).connection() as conn:
-        rows = await admin.list_jobs(conn, queue=queue, state=state_filter, task=task, batch_id=batch,
-                                     before=before, limit=limit + 1)
+        rows = await job_queries.list_jobs(conn, queue=queue, state=state_filter, task=task, batch_id=batch,
+                                          before=before, limit=limit + 1)
     jobs = [JobOut.from_row(r) for r in rows[:limit]]
     next_cursor = _cursor_encode(jobs[-1].id) if len(rows) > limit else None
     return _json(JobPage(jobs=jobs, next_cursor=next_cursor))
@@ -188,18 +188,18 @@ async def _transition(request: Request, action: Any) -> Response:
     job_id = _job_id(request.path_params["job_id"])
     async with state.connection() as conn:
         async with conn.transaction():
-            await db.set_correlation_id(conn, request_id(request))
+            await session.set_correlation_id(conn, request_id(request))
             await action(conn, job_id)
-        row = await db.get_job(conn, job_id)
+        row = await job_queries.get_job(conn, job_id)
     assert row is not None
     return _json(JobOut.from_row(row))
 
 
 async def cancel(request: Request) -> Response:
     """POST /jobs/{id}/cancel: queued or running → cancelled; 409 otherwise."""
-    return await _transition(request, db.cancel_job)
+    return await _transition(request, job_queries.cancel_job)
 
 
 async def retry(request: Request) -> Response:
     """POST /jobs/{id}/retry: failed or cancelled → queued with fresh attempts; 409 otherwise."""
-    return await _transition(request, db.retry_job)
+    return await _transition(request, job_queries.retry_job)

@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse, Response
 
 from app import migrate
 from skiplock.job import PRIORITY_NAMES, priority_value
-from skiplock.queries import api as admin
+from skiplock.queries import api as api_queries
 
 from .context import api
 from .errors import error_response
@@ -22,7 +22,7 @@ async def health(request: Request) -> Response:
     try:
         async with api(request).connection(wait=3) as conn:
             try:
-                revision = await admin.schema_revision(conn)
+                revision = await api_queries.schema_revision(conn)
             except psycopg.errors.UndefinedTable:
                 revision = None
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer "unhealthy"

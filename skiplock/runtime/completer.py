@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from .. import db
 from ..context import JobContext
 from ..events import emit
+from ..queries import jobs
 from ..storable import safe_text
 from .executor import Outcome
 
@@ -148,7 +149,7 @@ class Completer:
         """Acknowledge `batch`, a prefix of the buffer. A refused batch is split in two; a
         refused single outcome is replaced, in the buffer too, by the job's failure."""
         try:
-            changed = await db.finish_many_if_held(
+            changed = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
                 attempts=[o.attempt for o in batch], states=[o.state for o in batch],
                 results=_column([_stored(o.result_json) for o in batch]),
@@ -181,7 +182,7 @@ class Completer:
         """Write progress and checkpoints; a refused batch is split, and a refused single
         update dropped: the job's outcome carries the same values and fails alone."""
         try:
-            await db.update_many_if_held(
+            await jobs.update_many_if_held(
                 conn, worker_id=self.worker_id, ids=[c.job_id for c in live], attempts=[c.attempt for c in live],
                 checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None for c in live],
                 progresses=[db.jsonb(c.pending_progress) for c in live])

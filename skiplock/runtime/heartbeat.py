@@ -27,7 +27,7 @@ import psycopg
 import psycopg.errors
 
 from ..events import emit
-from ..queries.loader import q
+from ..queries import jobs, session, workers
 from .producer import Producer
 
 log = logging.getLogger("skiplock")
@@ -37,16 +37,6 @@ SNAPSHOT_WAIT = 0.5
 the previous answer (the loop is blocked)."""
 
 Holds = tuple[dict[uuid.UUID, int], dict[uuid.UUID, int]]  # (running, all held) -> attempt
-
-
-def extend_leases(conn: psycopg.Connection[Any], *, worker_id: str, holds: dict[uuid.UUID, int],
-                  lease_seconds: float) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
-    """(held, renewed): the ids still held under their attempt, and those whose lease was
-    extended (held minus the rows another transaction had locked)."""
-    rows = conn.execute(q("extend_leases_if_held"), {
-        "worker_id": worker_id, "ids": list(holds), "attempts": list(holds.values()),
-        "lease_seconds": lease_seconds, "now": None}).fetchall()
-    return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
 
 
 class Heartbeat:
@@ -116,8 +106,8 @@ class Heartbeat:
                                    application_name=f"skiplock-heartbeat {self.worker_id}"[:63])
             # A renewal that cannot finish within a round is worth nothing; the next round retries.
             # lock_timeout covers the worker row (the job rows are skipped when locked).
-            conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
-                         (f"{max(1000, int(self.interval * 1000))}ms", f"{max(500, int(self.interval * 500))}ms"))
+            session.set_timeouts(conn, statement_ms=max(1000, int(self.interval * 1000)),
+                                 lock_ms=max(500, int(self.interval * 500)))
             self._conn = conn
         return self._conn
 
@@ -158,11 +148,11 @@ class Heartbeat:
         conn = self._connect()
         held: set[uuid.UUID] = set()
         if holds:
-            held, renewed = extend_leases(conn, worker_id=self.worker_id, holds=holds,
-                                          lease_seconds=self.lease_seconds)
+            held, renewed = jobs.extend_leases_if_held(conn, worker_id=self.worker_id, holds=holds,
+                                                       lease_seconds=self.lease_seconds)
             self._report_blocked(held - renewed, holds)
         try:
-            conn.execute(q("touch_worker"), {"id": self.worker_id, "now": None})
+            workers.touch_worker(conn, self.worker_id)
         except psycopg.errors.LockNotAvailable:
             pass  # someone holds our worker row; the leases above are what matters
         self.last_ok = time.monotonic()
@@ -194,10 +184,8 @@ class Heartbeat:
         lease; the next round starts another waiter for rows still locked."""
         try:
             with psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, int(self.interval))) as conn:
-                conn.execute("SELECT set_config('statement_timeout', %s, false)",
-                             (f"{int(self.lease_seconds * 1000)}ms",))
-                conn.execute(q("extend_leases_waiting"), {
-                    "worker_id": self.worker_id, "ids": list(holds), "attempts": list(holds.values()),
-                    "lease_seconds": self.lease_seconds, "now": None})
+                session.set_timeouts(conn, statement_ms=int(self.lease_seconds * 1000))
+                jobs.extend_leases_waiting(conn, worker_id=self.worker_id, holds=holds,
+                                           lease_seconds=self.lease_seconds)
         except Exception as exc:  # noqa: BLE001 - the next round tries again
             log.info("skiplock.heartbeat: renewal of locked rows gave up (%s: %s)", type(exc).__name__, exc)

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable, Collection
+from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from ..events import emit
+from ..queries import session
+from ..queries.jobs import NOTIFY_CHANNEL
 
-CHANNEL = "skiplock_jobs"
+LISTEN = sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL))
 
 
 class Listener:
@@ -27,7 +31,7 @@ class Listener:
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._conn: psycopg.AsyncConnection[object] | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
 
     def start(self) -> None:
         if self._task is None:
@@ -54,7 +58,7 @@ class Listener:
                 self._conn = await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, keepalives=1, keepalives_idle=10, keepalives_interval=5,
                     keepalives_count=3, connect_timeout=5)
-                await self._conn.execute(f"LISTEN {CHANNEL}")
+                await self._conn.execute(LISTEN)
                 self.connected.set()
                 failures = 0
                 self.on_notify("")  # we may have missed notifications while away: look once
@@ -63,7 +67,7 @@ class Listener:
                         if self.queues is None or n.payload in self.queues:
                             self.on_notify(n.payload)
                     # timeout elapsed: check the connection is still alive
-                    await self._conn.execute("SELECT 1")
+                    await session.ping(self._conn)
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:

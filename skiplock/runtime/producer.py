@@ -24,10 +24,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from .. import db
 from ..context import JobContext
 from ..events import emit, log
 from ..job import ClaimedJob
+from ..queries import jobs
 from ..storable import MAX_RESULT_BYTES
 from ..tasks import TaskRegistry
 from . import threads
@@ -152,22 +152,22 @@ class Producer:
         parts = claim_parts(free)
         error: BaseException | None = None
         if len(parts) == 1:
-            jobs = await self._claim(free)
+            claimed = await self._claim(free)
         else:
             # Statements on two connections, so PostgreSQL works on both at once (one claim
             # statement runs on one core). Jobs a part claimed are started even if another part
             # failed; the failure then backs the loop off like any other.
             results = await asyncio.gather(*(self._claim(n) for n in parts), return_exceptions=True)
-            jobs = [j for r in results if not isinstance(r, BaseException) for j in r]
+            claimed = [j for r in results if not isinstance(r, BaseException) for j in r]
             error = next((r for r in results if isinstance(r, BaseException)), None)
-        self._maybe_more = len(jobs) == free
+        self._maybe_more = len(claimed) == free
         debug = log.isEnabledFor(logging.DEBUG)
-        for job in jobs:
+        for job in claimed:
             self._start(job, debug)
-        self.claimed += len(jobs)
+        self.claimed += len(claimed)
         if error is not None:
             raise error
-        return len(jobs)
+        return len(claimed)
 
     async def _release_unknown_holds(self) -> None:
         """Give back what a failed claim may have taken without our knowing. Runs in the claim
@@ -175,7 +175,7 @@ class Producer:
         in the completer for its acknowledgement."""
         known = list(self.running.keys() | self.completer.held().keys())
         async with self.pool.connection() as conn:
-            released = await db.release_unknown_holds(conn, worker_id=self.worker_id, known=known)
+            released = await jobs.release_unknown_holds(conn, worker_id=self.worker_id, known=known)
         self._unsure = False
         for r in released:
             emit("skiplock.job.orphaned", job_id=r["id"], task=r["task"], attempt=r["attempt"],
@@ -183,8 +183,8 @@ class Producer:
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         async with self.pool.connection() as conn:
-            return await db.claim_jobs(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
-                                       lease_seconds=self.lease_seconds)
+            return await jobs.claim_batch(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
+                                         lease_seconds=self.lease_seconds)
 
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,

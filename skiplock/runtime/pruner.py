@@ -8,7 +8,7 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from .. import db
+from ..queries import jobs
 from .service import PeriodicService
 
 
@@ -19,7 +19,7 @@ async def prune_finished_jobs(pool: AsyncConnectionPool, *, older_than_seconds: 
     total = 0
     while True:
         async with pool.connection() as conn:
-            n = await db.prune_finished(conn, older_than_seconds=older_than_seconds, limit=batch, now=now)
+            n = await jobs.prune_finished(conn, older_than_seconds=older_than_seconds, limit=batch, now=now)
         total += n
         if n < batch:
             return total

@@ -7,8 +7,8 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from .. import db
 from ..events import emit
+from ..queries import jobs, workers
 from .service import PeriodicService
 
 
@@ -25,8 +25,8 @@ class Rescuer(PeriodicService):
 
     async def run_once(self, now: datetime | None = None) -> int:
         async with self.pool.connection() as conn:
-            rows = await db.rescue_expired(conn, limit=self.batch, now=now)
-            await db.delete_stale_workers(conn, self.stale_worker_seconds, now=now)
+            rows = await jobs.rescue_expired(conn, limit=self.batch, now=now)
+            await workers.delete_stale_workers(conn, self.stale_worker_seconds, now=now)
         for r in rows:
             emit("skiplock.job.rescued", job_id=r["id"], attempt=r["attempt"], now_state=r["state"])
         self.rescued += len(rows)

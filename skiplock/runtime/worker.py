@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .. import catalog, db
 from ..events import emit
+from ..queries import jobs, queues, workers
 from ..storable import MAX_RESULT_BYTES
 from ..tasks import TaskRegistry
 from ..tasks import registry as default_registry
@@ -189,7 +190,7 @@ class Worker:
             await self._release(pool, producer)
             try:
                 async with pool.connection() as conn:
-                    await db.unregister_worker(conn, self.id)
+                    await workers.unregister_worker(conn, self.id)
             except Exception:  # noqa: BLE001, S110 - the stale-worker sweep removes it later
                 pass
             await pool.close()
@@ -202,7 +203,7 @@ class Worker:
         while True:
             try:
                 async with pool.connection() as conn:
-                    await db.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
+                    await workers.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
                                              pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
                     await catalog.record_tasks(conn, self.registry, worker_id=self.id)
                 return
@@ -251,7 +252,7 @@ class Worker:
         for attempt in range(10):
             try:
                 async with pool.connection() as conn:
-                    released = await db.release_many_if_held(
+                    released = await jobs.release_many_if_held(
                         conn, worker_id=self.id, ids=[j.id for j, _ in leftover],
                         attempts=[j.attempt for j, _ in leftover],
                         checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None
@@ -287,7 +288,7 @@ class _Summary(PeriodicService):
         done, failed, fenced = p.succeeded, p.failed, p.fenced
         self._last = (now, done, failed, fenced)
         async with w.pool.connection() as conn:
-            row = await db.fetch_one(conn, "count_ready", {"queues": w.queues})
+            ready = await queues.count_ready(conn, w.queues)
         emit("skiplock.worker.summary", worker=w.id, done=done - done0, failed=failed - failed0,
              fenced=fenced - fenced0, rate_per_s=round((done - done0 + failed - failed0) / max(now - t0, 1e-9), 1),
-             running=len(p.running), ready=row["ready"] if row else None)
+             running=len(p.running), ready=ready)

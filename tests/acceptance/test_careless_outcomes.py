@@ -20,7 +20,8 @@ import psycopg
 import pytest
 
 import tests.acceptance.careless_tasks  # noqa: F401 - registers the careless tasks here too
-from skiplock import db, enqueue
+from skiplock import enqueue
+from skiplock.queries import jobs as job_queries
 from tests.acceptance.procs import scalar, skiplock_env, start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,7 @@ async def _submit(url: str, task: str, args: dict[str, Any]) -> uuid.UUID:
 
 async def _timeline(url: str, job_id: uuid.UUID) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await db.get_job(conn, job_id), await db.get_history(conn, job_id)
+        return await job_queries.get_job(conn, job_id), await job_queries.get_history(conn, job_id)
 
 
 def _ledger(path: Path, job_id: uuid.UUID) -> list[tuple[int, str, str]]:

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from skiplock import InvalidInput, JobContext, TaskRegistry, Worker, db, enqueue, task
+from skiplock.queries import jobs as job_queries
 from skiplock.runtime.completer import Completer
 from skiplock.runtime.executor import Outcome
 
@@ -41,7 +42,7 @@ def reg() -> TaskRegistry:
     @task(name="cancels_itself", registry=r)
     async def cancels_itself(ctx: JobContext, url: str) -> dict[str, bool]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            assert await db.cancel_job(conn, ctx.job_id) == "cancelled"
+            assert await job_queries.cancel_job(conn, ctx.job_id) == "cancelled"
         return {"done": True}  # the job is no longer ours: this answer is fenced
 
     return r
@@ -79,8 +80,8 @@ def test_a_batch_refused_for_one_outcome_writes_the_rest_and_fails_that_job_alon
         await pool.open()
         try:
             async with pool.connection() as conn:
-                jobs = {j.id: j for j in await db.claim_jobs(conn, worker_id="W", queues=None, limit=11,
-                                                             lease_seconds=30)}
+                jobs = {j.id: j for j in await job_queries.claim_batch(conn, worker_id="W", queues=None,
+                                                                      limit=11, lease_seconds=30)}
             completer = Completer(pool, "W")
             poisons: list[dict[str, Any]] = [
                 {"result_json": b"NaN"},

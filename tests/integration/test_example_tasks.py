@@ -21,7 +21,7 @@ from app.http import create_app
 from app.settings import Settings
 from app.tasks import MAX_COUNT, count_to
 from app.webhook import ALLOW_PRIVATE_ENV, PinnedConnection
-from skiplock import NonRetryableError, db, registry
+from skiplock import NonRetryableError, registry
 from skiplock.catalog import record_tasks
 
 
@@ -183,7 +183,8 @@ def test_the_example_tasks_can_be_recorded_in_the_task_catalog(db_url: str):
     async def record() -> list[dict[str, Any]]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             await record_tasks(conn, registry)
-            return await db.fetch_all(conn, "recorded_tasks", {})
+            cur = await conn.execute("SELECT name, timeout FROM skiplock.tasks")
+            return [{"name": name, "timeout": timeout} for name, timeout in await cur.fetchall()]
 
     recorded = {r["name"]: r for r in asyncio.run(record())}
     assert recorded["sleep"]["timeout"] == 660.0 and recorded["webhook"]["timeout"] == 130.0

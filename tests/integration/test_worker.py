@@ -20,11 +20,12 @@ from skiplock import (
     NonRetryableError,
     TaskRegistry,
     Worker,
-    db,
     enqueue,
     enqueue_many,
     task,
 )
+from skiplock.db import jsonb
+from skiplock.queries import jobs as job_queries
 
 FAST = Backoff(base_seconds=0.01, factor=2, max_seconds=0.05, jitter=0)
 
@@ -214,7 +215,7 @@ def test_cancelling_a_running_job_stops_it_at_the_next_heartbeat(db_url, pg_conn
         while not (w.producer and w.producer.running):
             await asyncio.sleep(0.01)
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            assert await db.cancel_job(conn, job) == "cancelled"
+            assert await job_queries.cancel_job(conn, job) == "cancelled"
         while w.producer.running:
             await asyncio.sleep(0.02)
         w.request_stop()
@@ -251,22 +252,23 @@ def test_a_late_answer_from_a_rescued_attempt_changes_nothing(db_url, pg_conn, r
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "x"})
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            [a] = await db.claim_jobs(conn, worker_id="A", queues=None, limit=10, lease_seconds=1)
+            [a] = await job_queries.claim_batch(conn, worker_id="A", queues=None, limit=10, lease_seconds=1)
             later = datetime.now(UTC) + timedelta(seconds=5)
-            rescued = await db.rescue_expired(conn, now=later)
+            rescued = await job_queries.rescue_expired(conn, now=later)
             assert [r["id"] for r in rescued] == [job]
-            [b] = await db.claim_jobs(conn, worker_id="B", queues=None, limit=10, lease_seconds=30, now=later)
+            [b] = await job_queries.claim_batch(conn, worker_id="B", queues=None, limit=10, lease_seconds=30, now=later)
             assert b.attempt == a.attempt + 1
-            done_b = await db.finish_many_if_held(
+            done_b = await job_queries.finish_many_if_held(
                 conn, worker_id="B", ids=[job], attempts=[b.attempt], states=["succeeded"],
-                results=[db.jsonb({"by": "B"})], errors=[None], run_ats=[None], checkpoints=[None], progresses=[None])
-            late_a = await db.finish_many_if_held(
+                results=[jsonb({"by": "B"})], errors=[None], run_ats=[None], checkpoints=[None], progresses=[None])
+            late_a = await job_queries.finish_many_if_held(
                 conn, worker_id="A", ids=[job], attempts=[a.attempt], states=["failed"],
                 results=[None], errors=["late"], run_ats=[None], checkpoints=[None], progresses=[None])
             assert done_b == {job} and late_a == set()
             # A's lease renewal is fenced too
-            assert await db.extend_leases_if_held(conn, worker_id="A", ids=[job], attempts=[a.attempt],
-                                                  lease_seconds=30) == set()
+            with psycopg.connect(db_url, autocommit=True) as blocking:  # the heartbeat's queries block
+                assert job_queries.extend_leases_if_held(blocking, worker_id="A", holds={job: a.attempt},
+                                                         lease_seconds=30) == (set(), set())
         return job
 
     job = run(go())
@@ -280,7 +282,7 @@ def test_rescue_on_the_last_attempt_moves_the_job_to_failed(db_url, pg_conn, mak
 
     async def go() -> None:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            await db.rescue_expired(conn)
+            await job_queries.rescue_expired(conn)
 
     run(go())
     row = job_row(pg_conn, job)
@@ -311,7 +313,7 @@ def test_claim_order_is_priority_then_run_at_then_id_across_queues_and_skips_pau
     async def claim_all() -> list[list[uuid.UUID]]:
         batches: list[list[uuid.UUID]] = []
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            while rows := await db.claim_jobs(conn, worker_id="w", queues=None, limit=3, lease_seconds=30):
+            while rows := await job_queries.claim_batch(conn, worker_id="w", queues=None, limit=3, lease_seconds=30):
                 batches.append([r.id for r in rows])
         return batches
 
@@ -338,16 +340,16 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "x"})
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            [first] = await db.claim_jobs(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
-            await db.cancel_job(conn, job)
-            await db.retry_job(conn, job)
-            [second] = await db.claim_jobs(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            [first] = await job_queries.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
+            await job_queries.cancel_job(conn, job)
+            await job_queries.retry_job(conn, job)
+            [second] = await job_queries.claim_batch(conn, worker_id="W", queues=None, limit=1, lease_seconds=30)
             assert second.attempt == first.attempt + 1
 
             def ack(attempt: int, by: str) -> Any:
-                return db.finish_many_if_held(
+                return job_queries.finish_many_if_held(
                     conn, worker_id="W", ids=[job], attempts=[attempt], states=["succeeded"],
-                    results=[db.jsonb({"by": by})], errors=[None], run_ats=[None], checkpoints=[None],
+                    results=[jsonb({"by": by})], errors=[None], run_ats=[None], checkpoints=[None],
                     progresses=[None])
 
             assert await ack(first.attempt, "first") == set()
@@ -384,17 +386,15 @@ def test_an_idle_worker_claims_once_per_pickup(db_url, pg_conn, reg, monkeypatch
     """A claim that found fewer jobs than free slots found all there were: the next claim waits
     for a NOTIFY (an idle worker used to send an empty claim right after each pickup, ahead
     of the handler's start)."""
-    from skiplock.runtime import producer
-
     results: list[int] = []
-    real = producer.db.claim_jobs
+    real = job_queries.claim_batch
 
     async def counting(conn: Any, **kw: Any) -> Any:
         jobs = await real(conn, **kw)
         results.append(len(jobs))
         return jobs
 
-    monkeypatch.setattr(producer.db, "claim_jobs", counting)
+    monkeypatch.setattr(job_queries, "claim_batch", counting)
 
     async def go() -> None:
         w = Worker(db_url, registry=reg, concurrency=10, poll_interval=30)
@@ -420,9 +420,7 @@ def test_a_claim_whose_answer_was_lost_gives_its_jobs_back_at_once(db_url, pg_co
     two): the worker holds rows it never started. After the failure it gives them back to the
     queue with the attempt returned, so they run at once, not after the lease (60 s here) as if
     the worker had died."""
-    from skiplock.runtime import producer
-
-    real = producer.db.claim_jobs
+    real = job_queries.claim_batch
     lost: list[list[uuid.UUID]] = []
 
     async def answer_lost_once(conn: Any, **kw: Any) -> Any:
@@ -432,7 +430,7 @@ def test_a_claim_whose_answer_was_lost_gives_its_jobs_back_at_once(db_url, pg_co
             raise psycopg.OperationalError("server closed the connection unexpectedly")
         return jobs
 
-    monkeypatch.setattr(producer.db, "claim_jobs", answer_lost_once)
+    monkeypatch.setattr(job_queries, "claim_batch", answer_lost_once)
 
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "once"})
@@ -459,9 +457,7 @@ def test_leases_of_finished_jobs_are_renewed_until_their_acknowledgement_lands(d
     """The handler finished but the database refuses the acknowledgement for twice the lease:
     the heartbeat keeps renewing the job's lease meanwhile, so the rescuer leaves it alone and
     the job succeeds once, at attempt 1 (not rescued and run again as if the worker had died)."""
-    from skiplock.runtime import completer
-
-    real = completer.db.finish_many_if_held
+    real = job_queries.finish_many_if_held
     refuse_until: list[float] = []
 
     async def refusing(conn: Any, **kw: Any) -> Any:
@@ -471,7 +467,7 @@ def test_leases_of_finished_jobs_are_renewed_until_their_acknowledgement_lands(d
             raise psycopg.OperationalError("the database is away")
         return await real(conn, **kw)
 
-    monkeypatch.setattr(completer.db, "finish_many_if_held", refusing)
+    monkeypatch.setattr(job_queries, "finish_many_if_held", refusing)
 
     async def go() -> uuid.UUID:
         job = await submit(db_url, reg, "echo", {"message": "kept"})

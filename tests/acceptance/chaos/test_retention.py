@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from skiplock import db
+from skiplock.queries import jobs as job_queries
 from skiplock.runtime.pruner import Pruner
 from tests.acceptance.chaos.dbq import rows, scalar
 from tests.acceptance.chaos.fleet import Fleet, worker_env
@@ -72,7 +73,7 @@ def test_pruner_deletes_old_finished_jobs_in_small_batches_and_never_live_ones(d
 
     async def go() -> tuple[int, list[int]]:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-            one = await db.prune_finished(conn, older_than_seconds=DAY, limit=7)
+            one = await job_queries.prune_finished(conn, older_than_seconds=DAY, limit=7)
         pools = [db.make_pool(db_url, min_size=1, max_size=2) for _ in range(3)]
         for p in pools:
             await p.open()

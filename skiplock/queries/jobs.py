@@ -1,0 +1,148 @@
+"""sql/jobs.sql: one function per named query on skiplock.jobs, connection first, so each runs
+on a pool connection or inside the caller's own transaction. Time-dependent queries take
+`now` (None: the database's now())."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from ..db import AsyncConn
+from ..job import ClaimedJob
+from ._run import execute, fetch_all, fetch_all_sync, fetch_one
+from .loader import q
+
+NOTIFY_CHANNEL = "skiplock_jobs"
+"""The channel the insert trigger notifies with the job's queue (sql/schema.sql); workers
+LISTEN on it and wake_queues notifies on it."""
+
+
+async def insert_job(conn: AsyncConn, row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """One job (the query's parameters); None when its idempotency key is already used."""
+    return await fetch_one(conn, "insert_job", dict(row))
+
+
+async def insert_jobs(conn: AsyncConn, columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Many jobs, one array per column; the ids actually inserted."""
+    return await fetch_all(conn, "insert_jobs", dict(columns))
+
+
+async def wake_queues(conn: AsyncConn, queues: Sequence[str]) -> None:
+    await execute(conn, "wake_queues", {"channel": NOTIFY_CHANNEL, "queues": list(queues)})
+
+
+async def find_by_idempotency_key(conn: AsyncConn, queue: str, idempotency_key: str) -> dict[str, Any] | None:
+    """The job submitted to `queue` with this idempotency key, if any."""
+    return await fetch_one(conn, "find_by_idempotency_key", {"queue": queue, "idempotency_key": idempotency_key})
+
+
+async def get_job(conn: AsyncConn, job_id: uuid.UUID) -> dict[str, Any] | None:
+    return await fetch_one(conn, "get_job", {"id": job_id})
+
+
+async def get_history(conn: AsyncConn, job_id: uuid.UUID) -> list[dict[str, Any]]:
+    return await fetch_all(conn, "get_history", {"id": job_id})
+
+
+def _claimed_job_row(cursor: Any) -> Any:
+    return lambda values: ClaimedJob(*values)
+
+
+async def claim_batch(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
+                      lease_seconds: float, now: datetime | None = None) -> list[ClaimedJob]:
+    """Rows straight into ClaimedJob (columns in field order), without a dict per row."""
+    async with conn.cursor(row_factory=_claimed_job_row) as cur:
+        await cur.execute(q("claim_batch"), {
+            "worker_id": worker_id, "queues": list(queues) if queues else None, "limit": limit,
+            "lease_seconds": lease_seconds, "now": now})
+        rows: list[ClaimedJob] = await cur.fetchall()
+        return rows
+
+
+async def finish_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
+                              states: list[str], results: list[Jsonb | None] | None, errors: list[str | None] | None,
+                              run_ats: list[datetime | None] | None, checkpoints: list[Jsonb | None] | None,
+                              progresses: list[Jsonb | None] | None, now: datetime | None = None) -> set[uuid.UUID]:
+    """Acknowledge outcomes (see the query). A column given as None is NULL for every row."""
+    rows = await fetch_all(conn, "finish_many_if_held", {
+        "worker_id": worker_id, "ids": ids, "attempts": attempts, "states": states, "results": results,
+        "errors": errors, "run_ats": run_ats, "checkpoints": checkpoints, "progresses": progresses, "now": now})
+    return {r["id"] for r in rows}
+
+
+async def update_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
+                              checkpoints: list[Jsonb | None], progresses: list[Jsonb | None]) -> set[uuid.UUID]:
+    rows = await fetch_all(conn, "update_many_if_held", {
+        "worker_id": worker_id, "ids": ids, "attempts": attempts, "checkpoints": checkpoints,
+        "progresses": progresses})
+    return {r["id"] for r in rows}
+
+
+async def release_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
+                               checkpoints: list[Jsonb | None], progresses: list[Jsonb | None],
+                               now: datetime | None = None) -> set[uuid.UUID]:
+    rows = await fetch_all(conn, "release_many_if_held", {
+        "worker_id": worker_id, "ids": ids, "attempts": attempts, "checkpoints": checkpoints,
+        "progresses": progresses, "now": now})
+    return {r["id"] for r in rows}
+
+
+async def release_unknown_holds(conn: AsyncConn, *, worker_id: str, known: list[uuid.UUID],
+                                now: datetime | None = None) -> list[dict[str, Any]]:
+    """Release the rows running under this worker that it does not know of (see the query)."""
+    return await fetch_all(conn, "release_unknown_holds", {"worker_id": worker_id, "known": known, "now": now})
+
+
+def extend_leases_if_held(conn: psycopg.Connection[Any], *, worker_id: str, holds: Mapping[uuid.UUID, int],
+                          lease_seconds: float, now: datetime | None = None) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """(held, renewed): the ids of `holds` ({id: attempt}) still held under their attempt, and
+    those whose lease was extended (held minus the rows another transaction had locked).
+    Blocking: the heartbeat runs it on its own thread."""
+    rows = fetch_all_sync(conn, "extend_leases_if_held", {
+        "worker_id": worker_id, "ids": list(holds), "attempts": list(holds.values()),
+        "lease_seconds": lease_seconds, "now": now})
+    return {r[0] for r in rows}, {r[0] for r in rows if r[1]}
+
+
+def extend_leases_waiting(conn: psycopg.Connection[Any], *, worker_id: str, holds: Mapping[uuid.UUID, int],
+                          lease_seconds: float, now: datetime | None = None) -> set[uuid.UUID]:
+    """The same renewal, waiting for the rows' locks. Blocking."""
+    rows = fetch_all_sync(conn, "extend_leases_waiting", {
+        "worker_id": worker_id, "ids": list(holds), "attempts": list(holds.values()),
+        "lease_seconds": lease_seconds, "now": now})
+    return {r[0] for r in rows}
+
+
+async def rescue_expired(conn: AsyncConn, *, limit: int = 1000, now: datetime | None = None) -> list[dict[str, Any]]:
+    return await fetch_all(conn, "rescue_expired", {"limit": limit, "now": now})
+
+
+async def cancel_job(conn: AsyncConn, job_id: uuid.UUID) -> str:
+    row = await fetch_one(conn, "cancel_job", {"id": job_id})
+    assert row is not None
+    return str(row["state"])
+
+
+async def retry_job(conn: AsyncConn, job_id: uuid.UUID) -> str:
+    row = await fetch_one(conn, "retry_job", {"id": job_id})
+    assert row is not None
+    return str(row["state"])
+
+
+async def list_jobs(conn: AsyncConn, *, queue: str | None = None, state: str | None = None,
+                    task: str | None = None, batch_id: uuid.UUID | None = None, before: uuid.UUID | None = None,
+                    limit: int = 50) -> list[dict[str, Any]]:
+    return await fetch_all(conn, "list_jobs", {"queue": queue, "state": state, "task": task, "batch_id": batch_id,
+                                               "before": before, "limit": limit})
+
+
+async def prune_finished(conn: AsyncConn, *, older_than_seconds: float, limit: int = 1000,
+                         now: datetime | None = None) -> int:
+    row = await fetch_one(conn, "prune_finished", {"older_than_seconds": older_than_seconds, "limit": limit,
+                                                   "now": now})
+    return int(row["deleted"]) if row else 0

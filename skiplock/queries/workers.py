@@ -1,0 +1,38 @@
+"""sql/workers.sql: queries on skiplock.workers, connection first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from ..db import AsyncConn
+from ._run import execute, fetch_all
+from .loader import q
+
+
+async def register_worker(conn: AsyncConn, *, worker_id: str, hostname: str, pid: int,
+                          queues: Sequence[str] | None, concurrency: int) -> None:
+    await execute(conn, "register_worker", {"id": worker_id, "hostname": hostname, "pid": pid,
+                                            "queues": list(queues) if queues else None, "concurrency": concurrency})
+
+
+def touch_worker(conn: psycopg.Connection[Any], worker_id: str, now: datetime | None = None) -> None:
+    """Blocking: the heartbeat runs it on its own thread."""
+    conn.execute(q("touch_worker"), {"id": worker_id, "now": now})
+
+
+async def unregister_worker(conn: AsyncConn, worker_id: str) -> None:
+    await execute(conn, "unregister_worker", {"id": worker_id})
+
+
+async def delete_stale_workers(conn: AsyncConn, older_than_seconds: float, now: datetime | None = None) -> int:
+    return await execute(conn, "delete_stale_workers", {"older_than_seconds": older_than_seconds, "now": now})
+
+
+async def list_workers(conn: AsyncConn, *, hostname: str | None = None,
+                       now: datetime | None = None) -> list[dict[str, Any]]:
+    """Registered workers (optionally of one host) with the age of their last heartbeat."""
+    return await fetch_all(conn, "list_workers", {"hostname": hostname, "now": now})
