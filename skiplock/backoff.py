@@ -1,4 +1,6 @@
-"""When a failed attempt runs again: exponential backoff with jitter, a pure function of time."""
+"""How long to wait after a failure: exponential backoff with jitter. `Backoff` is a task's
+retry policy (when a failed attempt runs again, a pure function of time); `retry_delay` is
+what every background piece of the engine waits before trying again after an error."""
 
 from __future__ import annotations
 
@@ -37,3 +39,11 @@ class Backoff:
 
 
 DEFAULT_BACKOFF = Backoff()
+
+
+def retry_delay(failures: int, *, base: float, cap: float, rand: random.Random | None = None) -> float:
+    """Seconds a background piece waits after `failures` (>= 1) errors in a row: base * 2**failures
+    (doubling at most six times), at most `cap`, scaled by a random factor from 0.5 to 1 so
+    that pieces that failed together (a database restart) do not retry in step."""
+    raw = min(base * 2.0 ** min(max(failures, 1), 6), cap)
+    return raw * (rand or random).uniform(0.5, 1.0)

@@ -19,8 +19,6 @@ or the NOTIFY fails, workers find the job on their next poll (SKIPLOCK_POLL_INTE
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,70 +26,54 @@ import psycopg
 
 from .events import emit
 from .queries.jobs import wake_queues
+from .runtime.service import Service
 
 
-class Wakeups:
+class Wakeups(Service):
     name = "wakeups"
+    stop_timeout = 1.0  # stop() sends what is pending within this, then closes
 
     def __init__(self, url: str) -> None:
+        super().__init__()
         self.url = url
         self.sent = 0
         """NOTIFY statements sent (each may cover many submissions and queues)."""
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
         self._conn: psycopg.AsyncConnection[Any] | None = None
 
     def touch(self, queues: Iterable[str]) -> None:
         """Call after the commit that queued jobs in `queues`."""
         self._pending.update(queues)
         if self._pending:
-            self._idle.clear()
             self._wake.set()
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="skiplock.wakeups")
-
-    async def stop(self, flush_timeout: float = 1.0) -> None:
-        """Send what is pending (within `flush_timeout`), then close."""
-        if self._task is None:
+    async def run_once(self) -> None:
+        """Send one NOTIFY per queue touched since the last one."""
+        queues, self._pending = sorted(self._pending), set()
+        if not queues:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), flush_timeout)
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=5)
+        await wake_queues(self._conn, queues)
+        self.sent += 1
+
+    async def _run(self) -> None:
+        while self._pending or not self.stopping:
+            if not self._pending:
+                self._wake.clear()
+                await self._wait_for(self._wake)
+                continue
+            try:
+                await self.run_once()
+                self.failures = 0
+            except (psycopg.Error, OSError) as exc:
+                # The jobs are stored; workers will find them on their next poll.
+                emit("skiplock.api.db_error", during="wake", error=f"{type(exc).__name__}: {exc}".strip())
+                await self._closed()
+                await asyncio.sleep(self._failed(base=0.1, cap=5.0))
+
+    async def _closed(self) -> None:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if not self._pending:
-                self._idle.set()
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._pending:
-                continue
-            queues, self._pending = sorted(self._pending), set()
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=5)
-                await wake_queues(self._conn, queues)
-                self.sent += 1
-                failures = 0
-            except (psycopg.Error, OSError) as exc:
-                # The jobs are stored; workers will find them on their next poll.
-                failures += 1
-                emit("skiplock.api.db_error", during="wake", error=f"{type(exc).__name__}: {exc}".strip())
-                if self._conn is not None:
-                    await self._conn.close()
-                    self._conn = None
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0) * random.uniform(0.5, 1.0))

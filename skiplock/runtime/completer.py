@@ -10,9 +10,7 @@ until the refused outcome is found; that job alone fails, saying why, and the re
 from __future__ import annotations
 
 import asyncio
-import random
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -25,6 +23,8 @@ from ..events import emit
 from ..queries import jobs
 from ..storable import safe_text
 from .executor import Outcome
+from .inflight import InFlight
+from .service import Service
 
 MAX_BATCH = 1000
 MAX_BATCH_BYTES = 32 * 1024 * 1024
@@ -32,28 +32,28 @@ MAX_BATCH_BYTES = 32 * 1024 * 1024
 PostgreSQL's 1 GB bound on one value (the jsonb[] array)."""
 
 
-class Completer:
+class Completer(Service):
+    """Writes the outcomes buffered in the in-flight registry (`add`) and the progress and
+    checkpoint reports of running handlers (`update`). `stop()` flushes what is buffered,
+    retrying for up to `stop_timeout` seconds."""
+
     name = "completer"
 
-    def __init__(self, pool: AsyncConnectionPool, worker_id: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, inflight: InFlight, *, worker_id: str,
+                 stop_timeout: float = 30.0) -> None:
+        super().__init__()
         self.pool = pool
+        self.inflight = inflight
         self.worker_id = worker_id
-        self._outcomes: list[Outcome] = []
+        self.stop_timeout = stop_timeout
         self._updates: dict[tuple[uuid.UUID, int], JobContext] = {}
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         # Confirmed outcomes by the state written, and those fenced (no longer ours: ignored).
         self.counts = {"succeeded": 0, "queued": 0, "failed": 0, "fenced": 0}
-        self.on_flush: Callable[[], None] | None = None  # the producer waits on full buffers
 
-    # -- producers of work ------------------------------------------------------------------
     def add(self, outcome: Outcome) -> None:
-        self._outcomes.append(outcome)
-        self._idle.clear()
+        self.inflight.outcomes.append(outcome)
         self._wake.set()
 
     def update(self, ctx: JobContext) -> None:
@@ -63,63 +63,38 @@ class Completer:
 
     def _add_update(self, ctx: JobContext) -> None:
         self._updates[(ctx.job_id, ctx.attempt)] = ctx
-        self._idle.clear()
         self._wake.set()
-
-    @property
-    def pending_outcomes(self) -> int:
-        return len(self._outcomes)
-
-    def held(self) -> dict[uuid.UUID, int]:
-        """Jobs whose outcome waits for its acknowledgement, with their attempt: the worker
-        still holds them, so their leases are renewed like those of running jobs."""
-        return {o.job_id: o.attempt for o in self._outcomes}
 
     @property
     def pending(self) -> int:
-        return len(self._outcomes) + len(self._updates)
+        return len(self.inflight.outcomes) + len(self._updates)
 
-    # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="skiplock.completer")
+        super().start()
 
-    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a flush deadline
-        """Flush what is buffered (retrying for up to `timeout`), then stop."""
-        self._stopping = True
-        self._wake.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=timeout)
-        except TimeoutError:
-            emit("skiplock.worker.db_error", worker=self.worker_id,
-                 error=f"{self.pending} acknowledgements unconfirmed at shutdown; their leases will expire "
-                       "and the jobs will run again")
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+    def _stop_timed_out(self) -> None:
+        emit("skiplock.worker.db_error", worker=self.worker_id,
+             error=f"{self.pending} acknowledgements unconfirmed at shutdown; their leases will expire "
+                   "and the jobs will run again")
 
     async def _run(self) -> None:
-        failures = 0
+        # Flushes as soon as something is buffered; on stop(), once the buffer is empty.
+        outcomes = self.inflight.outcomes
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._outcomes or self._updates:
+            while outcomes or self._updates:
                 try:
                     await self.run_once()
-                    failures = 0
-                    if self.on_flush is not None:
-                        self.on_flush()
+                    self.failures = 0
+                    self.inflight.acknowledged.set()
                 except Exception as exc:  # noqa: BLE001 - nothing may end the one loop that acknowledges
-                    failures += 1
                     emit("skiplock.worker.db_error", worker=self.worker_id, during="acknowledge",
                          error=f"{type(exc).__name__}: {exc}".strip())
-                    await asyncio.sleep(min(0.05 * 2**failures, 5.0) * random.uniform(0.5, 1.0))
-            self._idle.set()
+                    await asyncio.sleep(self._failed(base=0.05, cap=5.0))
+            if self.stopping:
+                return
+            self._wake.clear()
+            await self._wait_for(self._wake)
 
     async def run_once(self) -> int:
         """Write up to MAX_BATCH buffered outcomes (MAX_BATCH_BYTES) and all buffered updates;
@@ -138,12 +113,12 @@ class Completer:
 
     def _next_batch(self) -> list[Outcome]:
         n = total = 0
-        for o in self._outcomes:
+        for o in self.inflight.outcomes:
             if n == MAX_BATCH or (n and total + o.size > MAX_BATCH_BYTES):
                 break
             n += 1
             total += o.size
-        return self._outcomes[:n]
+        return self.inflight.outcomes[:n]
 
     async def _finish(self, conn: db.AsyncConn, batch: list[Outcome]) -> int:
         """Acknowledge `batch`, a prefix of the buffer. A refused batch is split in two; a
@@ -162,12 +137,12 @@ class Completer:
             if len(batch) > 1:
                 half = len(batch) // 2
                 return await self._finish(conn, batch[:half]) + await self._finish(conn, batch[half:])
-            assert self._outcomes[0] is batch[0]
-            self._outcomes[0] = failure = _refused_outcome(batch[0], exc)
+            assert self.inflight.outcomes[0] is batch[0]
+            self.inflight.outcomes[0] = failure = _refused_outcome(batch[0], exc)
             emit("skiplock.job.failed", job_id=failure.job_id, task=failure.task, attempt=failure.attempt,
                  worker=self.worker_id, traceback=failure.error)
             return await self._finish(conn, [failure])
-        del self._outcomes[:len(batch)]  # sub-batches are written in order: each is the prefix
+        del self.inflight.outcomes[:len(batch)]  # sub-batches are written in order: each is the prefix
         counts = self.counts
         for o in batch:
             if o.job_id in changed:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..backoff import Backoff
 from ..context import JobContext
 from ..errors import JobCancelled, NonRetryableError, SkiplockError
 from ..job import ClaimedJob
@@ -83,17 +84,37 @@ def _unstorable_result(task: str, result: Any, exc: Unstorable) -> str:
             "str, int, float, bool, list, tuple, or dict with string keys.")
 
 
+def end_of_attempt(job: ClaimedJob, ctx: JobContext, state: str, *, duration: float,
+                   result_json: bytes | None = None, error: str | None = None,
+                   run_at: datetime | None = None) -> Outcome:
+    """The attempt's outcome, carrying what the handler last reported (checkpoint, progress)."""
+    size = (len(result_json) if result_json is not None else 0) + ctx.checkpoint_bytes
+    return Outcome(job_id=job.id, attempt=job.attempt, state=state, task=job.task, result_json=result_json,
+                   error=error, run_at=run_at, checkpoint=ctx.pending_checkpoint, has_checkpoint=ctx.has_checkpoint,
+                   progress=ctx.pending_progress, duration=duration, size=size)
+
+
+def failed_attempt(job: ClaimedJob, ctx: JobContext, retry: Backoff, error: str, *, duration: float,
+                   now: datetime | None = None) -> Outcome:
+    """The attempt failed with `error`: the job runs again after the task's backoff, or fails
+    on its last attempt. (The one place this is decided, timeouts included.)"""
+    if job.attempt >= job.max_attempts:
+        return end_of_attempt(job, ctx, "failed", duration=duration, error=error)
+    return end_of_attempt(job, ctx, "queued", duration=duration, error=error,
+                          run_at=retry.next_run_at(job.attempt, now or datetime.now(UTC)))
+
+
 async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
                   max_result_bytes: int = MAX_RESULT_BYTES, now: datetime | None = None) -> Outcome:
     """Run the handler; never raises except CancelledError (job cancelled or worker stopping)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    def outcome(state: str, result_json: bytes | None = None, **kw: Any) -> Outcome:
-        size = (len(result_json) if result_json is not None else 0) + ctx.checkpoint_bytes
-        return Outcome(job_id=job.id, attempt=job.attempt, state=state, task=job.task, result_json=result_json,
-                       checkpoint=ctx.pending_checkpoint, has_checkpoint=ctx.has_checkpoint,
-                       progress=ctx.pending_progress, duration=loop.time() - started, size=size, **kw)
+    def outcome(state: str, result_json: bytes | None = None, error: str | None = None) -> Outcome:
+        return end_of_attempt(job, ctx, state, duration=loop.time() - started, result_json=result_json, error=error)
+
+    def failure(error: str) -> Outcome:
+        return failed_attempt(job, ctx, t.retry, error, duration=loop.time() - started, now=now)
 
     try:
         t = registry.get(job.task)
@@ -116,13 +137,13 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         raise
     except TimeoutError:
         error = f"TimeoutError: task {job.task!r} ran longer than its timeout of {job.timeout}s"
-        return _failure(job, t.retry, outcome, error, now)
+        return failure(error)
     except BaseException as exc:  # noqa: BLE001 - calling the handler raised before it could run
         raised, result = exc, None
     if raised is not None:
         if isinstance(raised, NonRetryableError | JobCancelled):
             return outcome("failed", error=_error_text(raised))
-        return _failure(job, t.retry, outcome, _error_text(raised), now)
+        return failure(_error_text(raised))
     if result is None:  # the common case: nothing to check
         return outcome("succeeded")
     try:
@@ -131,11 +152,3 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         return outcome("failed", error=safe_text(_unstorable_result(job.task, result, exc)))
     return outcome("succeeded", result_json=stored)
 
-
-def _failure(job: ClaimedJob, backoff: Any, outcome: Any, error: str, now: datetime | None) -> Outcome:
-    if job.attempt >= job.max_attempts:
-        result: Outcome = outcome("failed", error=error)
-        return result
-    when = backoff.next_run_at(job.attempt, now or datetime.now(UTC))
-    retry: Outcome = outcome("queued", error=error, run_at=when)
-    return retry

@@ -21,7 +21,6 @@ class Rescuer(PeriodicService):
         self.pool = pool
         self.stale_worker_seconds = stale_worker_seconds
         self.batch = batch
-        self.rescued = 0
 
     async def run_once(self, now: datetime | None = None) -> int:
         async with self.pool.connection() as conn:
@@ -29,6 +28,5 @@ class Rescuer(PeriodicService):
             await workers.delete_stale_workers(conn, self.stale_worker_seconds, now=now)
         for r in rows:
             emit("skiplock.job.rescued", job_id=r["id"], attempt=r["attempt"], now_state=r["state"])
-        self.rescued += len(rows)
         return len(rows)
 

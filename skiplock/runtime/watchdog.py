@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -31,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 from ..events import emit
+from .service import ThreadService
 from .threads import JobRef, current_job
 
 TICK = 0.1
@@ -47,10 +49,13 @@ class LoopBlockedTimeout(TimeoutError):
     """Raised inside a handler that blocked the event loop past its timeout."""
 
 
-class Watchdog:
+class Watchdog(ThreadService):
+    name = "watchdog"
+
     def __init__(self, worker_id: str, *, lease_seconds: float, grace_seconds: float,
                  request_stop: Callable[[], None], held: Callable[[], list[str]],
                  halt: Callable[[], None]) -> None:
+        super().__init__()
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
         self.grace_seconds = grace_seconds
@@ -59,10 +64,7 @@ class Watchdog:
         self.halt = halt      # stop renewing leases (wedged, not in a process of our own)
         self.tick = time.monotonic()
         self.own = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._rfd = self._wfd = -1
         self._main = threading.main_thread().ident
         self._probe_seq = 0
@@ -71,6 +73,9 @@ class Watchdog:
         self._target_message = ""
         self._signals = 0
         self._deadline: float | None = None
+        self._stall_since: float | None = None  # what run_once() knows of the current stall
+        self._culprit: JobRef | None = None
+        self._interrupted_at = 0.0
 
     # -- process mode ----------------------------------------------------------------------
     def own_process(self) -> None:
@@ -100,28 +105,20 @@ class Watchdog:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.tick = time.monotonic()
-        self._ticker = asyncio.create_task(self._tick(), name="skiplock.watchdog-tick")
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="skiplock-watchdog", daemon=True)
-            self._thread.start()
+        if self._ticker is None:
+            self.tick = time.monotonic()
+            self._ticker = asyncio.create_task(self._tick(), name="skiplock.watchdog-tick")
+        super().start()
 
     async def stop(self) -> None:
         """Stop watching the loop. In process mode the thread stays, for signals and the deadline."""
         if self._ticker is not None:
             self._ticker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-            except asyncio.CancelledError:
-                pass
             self._ticker = None
         if not self.own:
-            self._stop.set()
-            thread, self._thread = self._thread, None
-            while thread is not None and thread.is_alive():  # noqa: ASYNC110 - a thread is awaited
-                await asyncio.sleep(0.02)
+            await super().stop()
 
     async def _tick(self) -> None:
         while True:
@@ -139,49 +136,50 @@ class Watchdog:
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
-        stall_since: float | None = None
-        culprit: JobRef | None = None
-        interrupted_at = 0.0
-        while not self._stop.is_set():
+        while not self._halted.is_set():
             self._read_signals(TICK)
-            now = time.monotonic()
-            if self._deadline is not None and now > self._deadline:
-                self.exit(EXIT_FORCED, f"still running {self.grace_seconds + SHUTDOWN_BOUND:g}s after the stop "
-                                       "signal (grace period + bound)")
-            lag = self.stalled()
-            if lag <= STALL_AFTER:
-                if stall_since is not None:
-                    emit("skiplock.worker.loop_resumed", worker=self.worker_id, blocked_s=round(now - stall_since, 1),
-                         **_fields(culprit))
-                stall_since, culprit = None, None
-                continue
-            if stall_since is None:
-                stall_since = now - lag
-                culprit = self.probe()
-                emit("skiplock.worker.loop_blocked", worker=self.worker_id, blocked_s=round(lag, 1),
-                     **_fields(culprit), reason="the event loop is blocked (blocking call or computation in an "
-                                                "async handler); other jobs wait, their leases are kept")
-            overdue = culprit is not None and culprit.timeout is not None \
-                and now > culprit.started + culprit.timeout
-            if overdue and culprit is not None and self.own and now - interrupted_at > 1.0:
-                interrupted_at = now
-                self.interrupt(culprit, f"task {culprit.task!r} blocked the event loop past its timeout of "
-                                        f"{culprit.timeout}s")
-            limit = stall_since
-            if culprit is not None and culprit.timeout is not None:
-                limit = max(limit, culprit.started + culprit.timeout)
-            if now > limit + self.lease_seconds:
-                emit("skiplock.worker.wedged", worker=self.worker_id, blocked_s=round(lag, 1), **_fields(culprit),
-                     reason="the event loop stayed blocked a lease past the job's timeout; its jobs are left to "
-                            "the rescuer")
-                if self.own:
-                    self.exit(EXIT_WEDGED, "event loop wedged")
-                self.halt()
-                self._stop.set()
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One look: the stop deadline, then whether the loop is blocked, by whom, and for how long."""
+        now = time.monotonic()
+        if self._deadline is not None and now > self._deadline:
+            self.exit(EXIT_FORCED, f"still running {self.grace_seconds + SHUTDOWN_BOUND:g}s after the stop "
+                                   "signal (grace period + bound)")
+        lag = self.stalled()
+        if lag <= STALL_AFTER:
+            if self._stall_since is not None:
+                emit("skiplock.worker.loop_resumed", worker=self.worker_id,
+                     blocked_s=round(now - self._stall_since, 1), **_fields(self._culprit))
+            self._stall_since, self._culprit = None, None
+            return
+        if self._stall_since is None:
+            self._stall_since = now - lag
+            self._culprit = self.probe()
+            emit("skiplock.worker.loop_blocked", worker=self.worker_id, blocked_s=round(lag, 1),
+                 **_fields(self._culprit), reason="the event loop is blocked (blocking call or computation in an "
+                                                  "async handler); other jobs wait, their leases are kept")
+        culprit = self._culprit
+        overdue = culprit is not None and culprit.timeout is not None and now > culprit.started + culprit.timeout
+        if overdue and culprit is not None and self.own and now - self._interrupted_at > 1.0:
+            self._interrupted_at = now
+            self.interrupt(culprit, f"task {culprit.task!r} blocked the event loop past its timeout of "
+                                    f"{culprit.timeout}s")
+        limit = self._stall_since
+        if culprit is not None and culprit.timeout is not None:
+            limit = max(limit, culprit.started + culprit.timeout)
+        if now > limit + self.lease_seconds:
+            emit("skiplock.worker.wedged", worker=self.worker_id, blocked_s=round(lag, 1), **_fields(culprit),
+                 reason="the event loop stayed blocked a lease past the job's timeout; its jobs are left to "
+                        "the rescuer")
+            if self.own:
+                self.exit(EXIT_WEDGED, "event loop wedged")
+            self.halt()
+            self._halted.set()
 
     def _read_signals(self, timeout: float) -> None:
         if self._rfd < 0:
-            self._stop.wait(timeout)
+            self._halted.wait(timeout)
             return
         ready, _, _ = select.select([self._rfd], [], [], timeout)
         if not ready:

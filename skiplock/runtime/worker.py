@@ -1,5 +1,6 @@
-"""A worker process: composes the producer (claim loop), completer, listener, heartbeat,
-watchdog, rescuer and pruner, and owns the one shutdown path:
+"""A worker process: composes the claim loop (producer) with its background services
+(completer, heartbeat, watchdog, listener, rescuer, summary, pruner: `Worker.services`), hands
+them the one in-flight registry, and owns the one shutdown path:
 
 signal -> stop claiming -> wait up to the grace period for running jobs -> cancel the rest
 (a sync handler's thread cannot be cancelled: it is told through `ctx.cancelled`) and wait up
@@ -16,39 +17,35 @@ import asyncio
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Sequence
-from typing import Protocol
 
 import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
 from .. import catalog, db
+from ..backoff import retry_delay
 from ..events import emit
-from ..queries import jobs, queues, workers
+from ..queries import jobs, workers
 from ..storable import MAX_RESULT_BYTES
 from ..tasks import TaskRegistry
 from ..tasks import registry as default_registry
 from . import threads
 from .completer import Completer
 from .heartbeat import Heartbeat
+from .inflight import InFlight, Running
 from .listener import Listener
 from .producer import Producer
 from .pruner import Pruner
 from .rescuer import Rescuer
-from .service import PeriodicService
+from .service import Lifecycle
+from .summary import Summary
 from .watchdog import EXIT_WEDGED, SHUTDOWN_BOUND, Watchdog
 
 STOP_WAIT = 3.0
 """Seconds a stopping worker waits, after the grace period and the cancellation, for handlers
 to stop before it abandons them (leaves their jobs to the rescuer)."""
-
-
-class Service(Protocol):
-    async def stop(self) -> None: ...
-    def start(self) -> None: ...
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -87,15 +84,17 @@ class Worker:
         self.listen = listen
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._stop_requested = asyncio.Event()
-        self.pool: AsyncConnectionPool | None = None
-        self.producer: Producer | None = None
-        self.completer: Completer | None = None
         self.started = asyncio.Event()
-        self.heartbeat: Heartbeat | None = None
         self.abandoned: list[uuid.UUID] = []  # jobs whose handlers still ran at the end of run()
         self.exit_code = 0
+        self.inflight = InFlight(self.id)
+        # The heartbeat runs on its own thread and connection (a blocked event loop must not
+        # stop it); the watchdog, built here for install_signal_handlers(), halts it if wedged.
+        self.heartbeat = Heartbeat(url, self.inflight, worker_id=self.id, lease_seconds=self.lease_seconds,
+                                   interval=self.heartbeat_seconds, on_lost=self.inflight.lose)
         self.watchdog = Watchdog(self.id, lease_seconds=self.lease_seconds, grace_seconds=self.grace_seconds,
-                                 request_stop=self.request_stop, held=self._held_ids, halt=self._halt)
+                                 request_stop=self.request_stop, held=self.inflight.held_ids,
+                                 halt=self.heartbeat.halt)
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown (what SIGTERM and SIGINT do)."""
@@ -106,14 +105,6 @@ class Worker:
         SIGINT stop it even while a handler blocks the event loop, a second one or the hard
         deadline ends the process, and a job blocking the loop past its timeout is interrupted."""
         self.watchdog.own_process()
-
-    def _held_ids(self) -> list[str]:  # called from the watchdog thread: copies, no iteration
-        p = self.producer
-        return [str(i) for i in list(p.running)] if p is not None else []
-
-    def _halt(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.halted = True
 
     def leftovers(self) -> str | None:
         """What would keep this process alive after run() (None: nothing): handler threads,
@@ -127,9 +118,24 @@ class Worker:
                   and not t.name.startswith("asyncio_")]
         if others:
             found.append(f"threads {', '.join(others[:5])}")
-        if self.producer is not None and self.producer.abandoned:
-            found.append(f"{len(self.producer.abandoned)} handler tasks ignoring cancellation")
+        if self.inflight.abandoned:
+            found.append(f"{len(self.inflight.abandoned)} handler tasks ignoring cancellation")
         return "; ".join(found) or None
+
+    def services(self, pool: AsyncConnectionPool, completer: Completer, producer: Producer) -> list[Lifecycle]:
+        """Every background piece beside the claim loop, in the order they start; they stop in
+        the reverse order, after the claim loop and the drain (the completer last, so that it
+        flushes every outcome). A new piece (a scheduler) is added here."""
+        services: list[Lifecycle] = [completer, self.heartbeat, self.watchdog]
+        if self.listen:
+            services.append(Listener(self.url, producer.notify, queues=self.queues))
+        services.append(Rescuer(pool, interval=self.rescue_interval,
+                                stale_worker_seconds=max(3600, self.lease_seconds * 10)))
+        services.append(Summary(pool, self.inflight, completer.counts, worker_id=self.id, queues=self.queues,
+                                interval=self.summary_interval))
+        if self.retention_seconds:
+            services.append(Pruner(pool, interval=self.prune_interval, retention_seconds=self.retention_seconds))
+        return services
 
     async def run(self) -> None:
         # No check on checkout: it cost a round trip per claim and per flush (~0.6 ms of each
@@ -138,73 +144,57 @@ class Worker:
         # and the pool (reconnect_timeout=0) makes a new connection attempt only for a new
         # request; each timed-out request is retried, so recovery follows within seconds.
         # Six connections: two claim statements at once (producer.claim_parts), the completer's
-        # flush, and the heartbeat, rescuer and pruner.
-        self.pool = pool = db.make_pool(self.url, min_size=2, max_size=6, name=f"skiplock-worker-{self.id}",
-                                        check=False, timeout=min(5.0, self.lease_seconds / 4))
+        # flush, and the rescuer, summary and pruner (the heartbeat and the listener have their own).
+        pool = db.make_pool(self.url, min_size=2, max_size=6, name=f"skiplock-worker-{self.id}",
+                            check=False, timeout=min(5.0, self.lease_seconds / 4))
         await pool.open()
-        self.completer = completer = Completer(pool, self.id)
-        heartbeat_ref: list[Heartbeat] = []
-        # The heartbeat runs on its own thread and connection (a blocked event loop must not
-        # stop it), so the pool needs no connection for it.
-        self.producer = producer = Producer(
-            pool, completer, self.registry, worker_id=self.id, queues=self.queues, concurrency=self.concurrency,
-            lease_seconds=self.lease_seconds, poll_interval=self.poll_interval, burst=self.burst,
-            healthy=lambda: heartbeat_ref[0].healthy(), max_result_bytes=self.max_result_bytes)
-        self.heartbeat = heartbeat = Heartbeat(self.url, producer, worker_id=self.id,
-                                               lease_seconds=self.lease_seconds, interval=self.heartbeat_seconds)
-        heartbeat_ref.append(heartbeat)
-        services: list[Service] = [heartbeat, self.watchdog,
-                                   Rescuer(pool, interval=self.rescue_interval,
-                                           stale_worker_seconds=max(3600, self.lease_seconds * 10)),
-                                   _Summary(self, self.summary_interval)]
-        if self.retention_seconds:
-            services.append(Pruner(pool, interval=self.prune_interval, retention_seconds=self.retention_seconds))
-        listener = Listener(self.url, producer.notify, queues=self.queues) if self.listen else None
+        completer = Completer(pool, self.inflight, worker_id=self.id, stop_timeout=SHUTDOWN_BOUND - STOP_WAIT - 1)
+        producer = Producer(pool, self.inflight, self.registry, worker_id=self.id, queues=self.queues,
+                            concurrency=self.concurrency, lease_seconds=self.lease_seconds,
+                            poll_interval=self.poll_interval, on_outcome=completer.add, on_update=completer.update,
+                            healthy=self.heartbeat.healthy, burst=self.burst, max_result_bytes=self.max_result_bytes)
+        services = self.services(pool, completer, producer)
         await self._register(pool)
-        completer.start()
         for s in services:
             s.start()
-        if listener:
-            listener.start()
         emit("skiplock.worker.started", worker=self.id, queues=",".join(self.queues or ["*"]),
              concurrency=self.concurrency, lease_seconds=self.lease_seconds)
         self.started.set()
-        claim_loop = asyncio.create_task(producer.run(), name="skiplock.producer")
+        producer.start()
+        claim_loop = asyncio.create_task(producer.wait(), name="skiplock.claim-loop-end")
         stop_wait = asyncio.create_task(self._stop_requested.wait(), name="skiplock.stop-wait")
         try:
             await asyncio.wait([claim_loop, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_wait.cancel()
+            claim_loop.cancel()
             self.watchdog.arm_deadline()
-            emit("skiplock.worker.stopping", worker=self.id, running=len(producer.running))
-            producer.stopping.set()
-            await claim_loop
+            emit("skiplock.worker.stopping", worker=self.id, running=len(self.inflight.running))
+            await producer.stop()
             if producer.wedged:
                 self.exit_code = EXIT_WEDGED
-            await self._drain(producer)
-            if listener:
-                await listener.stop()
-            for s in services:
+            leftover = await self._drain()
+            for s in reversed(services):
                 await s.stop()
-            await completer.stop(timeout=SHUTDOWN_BOUND - STOP_WAIT - 1)
-            await self._release(pool, producer)
+            await self._release(pool, leftover)
             try:
                 async with pool.connection() as conn:
                     await workers.unregister_worker(conn, self.id)
             except Exception:  # noqa: BLE001, S110 - the stale-worker sweep removes it later
                 pass
             await pool.close()
-            emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=producer.succeeded,
-                 failed=producer.failed, retried=producer.retried, fenced=producer.fenced,
+            counts = completer.counts
+            emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=counts["succeeded"],
+                 failed=counts["failed"], retried=counts["queued"], fenced=counts["fenced"],
                  abandoned=",".join(map(str, self.abandoned)) or None)
 
     async def _register(self, pool: AsyncConnectionPool) -> None:
-        delay = 0.2
+        failures = 0
         while True:
             try:
                 async with pool.connection() as conn:
                     await workers.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
-                                             pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
+                                                  pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
                     await catalog.record_tasks(conn, self.registry, worker_id=self.id)
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying until the database is ready
@@ -214,27 +204,26 @@ class Worker:
                 emit("skiplock.worker.db_error", worker=self.id, during="register", error=error)
                 if self._stop_requested.is_set():
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+                failures += 1
+                await asyncio.sleep(retry_delay(failures, base=0.1, cap=10.0))
 
-    async def _drain(self, producer: Producer) -> None:
+    async def _drain(self) -> list[Running]:
         """Let running jobs finish within the grace period; then stop the rest: cancel async
         handlers, tell sync ones through ctx.cancelled (cancelling the task that awaits a
-        thread would not stop the thread), and wait up to STOP_WAIT. Those that stopped
-        without an outcome are released; those still running are abandoned, not released."""
-        running = list(producer.running.values())
+        thread would not stop the thread), and wait up to STOP_WAIT. Returns those that
+        stopped without an outcome (to release); those still running are abandoned, not released."""
+        running = list(self.inflight.running.values())
         if running:
             await asyncio.wait([r.task for r in running], timeout=self.grace_seconds)
         rest = [r for r in running if not r.task.done()]
         in_threads = {j.job_id for j in threads.running(self.id)}
         for r in rest:
-            producer.interrupted.add(r.job.id)
+            self.inflight.interrupted.add(r.job.id)
             r.ctx.mark_cancelled()
             if r.job.id not in in_threads:
                 r.task.cancel()
         if rest:
             await asyncio.wait([r.task for r in rest], timeout=STOP_WAIT)
-        self._leftover = [(r.job, r.ctx) for r in rest if r.task.done()]
         self.abandoned = [r.job.id for r in rest if not r.task.done()]
         for r in rest:
             if not r.task.done():
@@ -243,52 +232,28 @@ class Worker:
                      reason=f"its handler did not stop within the grace period and {STOP_WAIT}s after it was "
                             "cancelled; not released (it would run twice at once): the rescuer re-queues it "
                             "after its lease")
+        return [r for r in rest if r.task.done()]
 
-    async def _release(self, pool: AsyncConnectionPool, producer: Producer) -> None:
-        unconfirmed = producer.completer.held()  # an outcome we could not flush: not ours to release
-        leftover = [(j, c) for j, c in getattr(self, "_leftover", []) if j.id not in unconfirmed]
-        if not leftover:
-            return
-        for attempt in range(10):
+    async def _release(self, pool: AsyncConnectionPool, stopped: list[Running]) -> None:
+        """Give the jobs whose handlers stopped at shutdown back to their queue, with their last
+        progress and checkpoint (an outcome we could not flush is not ours to release)."""
+        unconfirmed = self.inflight.unconfirmed()
+        leftover = [r for r in stopped if r.job.id not in unconfirmed]
+        for attempt in range(1, 11):
+            if not leftover:
+                return
             try:
                 async with pool.connection() as conn:
                     released = await jobs.release_many_if_held(
-                        conn, worker_id=self.id, ids=[j.id for j, _ in leftover],
-                        attempts=[j.attempt for j, _ in leftover],
-                        checkpoints=[db.jsonb(c.pending_checkpoint) if c.has_checkpoint else None
-                                     for _, c in leftover],
-                        progresses=[db.jsonb(c.pending_progress) for _, c in leftover])
-                for job, _ in leftover:
-                    emit("skiplock.job.released", job_id=job.id, task=job.task, attempt=job.attempt,
-                         worker=self.id, released=job.id in released)
+                        conn, worker_id=self.id, ids=[r.job.id for r in leftover],
+                        attempts=[r.job.attempt for r in leftover],
+                        checkpoints=[db.jsonb(r.ctx.pending_checkpoint) if r.ctx.has_checkpoint else None
+                                     for r in leftover],
+                        progresses=[db.jsonb(r.ctx.pending_progress) for r in leftover])
+                for r in leftover:
+                    emit("skiplock.job.released", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
+                         worker=self.id, released=r.job.id in released)
                 return
             except Exception as exc:  # noqa: BLE001 - if we cannot release, the rescuer will
                 emit("skiplock.worker.db_error", worker=self.id, during="release", error=str(exc).strip())
-                await asyncio.sleep(min(0.2 * 2**attempt, 5))
-
-
-
-class _Summary(PeriodicService):
-    """The periodic INFO line: jobs done and failed since the last one, rate, queue depth."""
-
-    name = "summary"
-
-    def __init__(self, worker: Worker, interval: float) -> None:
-        super().__init__(interval)
-        self.worker = worker
-        self._last = (time.monotonic(), 0, 0, 0)
-
-    async def run_once(self) -> None:
-        w = self.worker
-        if w.producer is None or w.pool is None:
-            return
-        p = w.producer
-        t0, done0, failed0, fenced0 = self._last
-        now = time.monotonic()
-        done, failed, fenced = p.succeeded, p.failed, p.fenced
-        self._last = (now, done, failed, fenced)
-        async with w.pool.connection() as conn:
-            ready = await queues.count_ready(conn, w.queues)
-        emit("skiplock.worker.summary", worker=w.id, done=done - done0, failed=failed - failed0,
-             fenced=fenced - fenced0, rate_per_s=round((done - done0 + failed - failed0) / max(now - t0, 1e-9), 1),
-             running=len(p.running), ready=ready)
+                await asyncio.sleep(retry_delay(attempt, base=0.1, cap=5.0))

@@ -212,11 +212,11 @@ def test_cancelling_a_running_job_stops_it_at_the_next_heartbeat(db_url, pg_conn
         w = Worker(db_url, registry=reg, poll_interval=0.02, lease_seconds=3, heartbeat_seconds=0.1)
         runner = asyncio.create_task(w.run())
         await w.started.wait()
-        while not (w.producer and w.producer.running):
+        while not w.inflight.running:
             await asyncio.sleep(0.01)
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
             assert await job_queries.cancel_job(conn, job) == "cancelled"
-        while w.producer.running:
+        while w.inflight.running:
             await asyncio.sleep(0.02)
         w.request_stop()
         await asyncio.wait_for(runner, 10)
@@ -233,7 +233,7 @@ def test_graceful_stop_releases_unfinished_jobs_to_queued_and_gives_the_attempt_
         jobs = [await submit(db_url, reg, "forever") for _ in range(3)]
         w = Worker(db_url, registry=reg, poll_interval=0.02, grace_seconds=0.2)
         runner = asyncio.create_task(w.run())
-        while not (w.producer and len(w.producer.running) == 3):
+        while len(w.inflight.running) < 3:
             await asyncio.sleep(0.01)
         w.request_stop()
         await asyncio.wait_for(runner, 10)
