@@ -18,6 +18,7 @@ _LEVELS = {
     "skiplock.job.abandoned": logging.WARNING,
     "skiplock.job.abandoned_returned": logging.INFO,
     "skiplock.job.lease_blocked": logging.WARNING,
+    "skiplock.job.ack_blocked": logging.WARNING,
     "skiplock.worker.loop_blocked": logging.WARNING,
     "skiplock.worker.loop_resumed": logging.INFO,
     "skiplock.worker.wedged": logging.ERROR,

@@ -96,35 +96,49 @@ RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts +
 -- name: finish_many_if_held
 -- Acknowledges a batch of outcomes in one statement. Fenced: a row changes only if it is
 -- still running under the same attempt and worker that claimed it, so the late answer of
--- a worker whose job was rescued, cancelled or released changes nothing. Returns the ids
--- that changed.
+-- a worker whose job was rescued, cancelled or released changes nothing. Returns each id
+-- still held, `done` where its outcome was written.
+-- Locked rows are skipped, not waited for (`o`: FOR UPDATE SKIP LOCKED): a handler that
+-- returned with its own job row still locked (a transaction it left open) must not hold up
+-- the acknowledgement of every other job of its worker. Such a row comes back with `done`
+-- false (still held in this statement's snapshot); the worker keeps its outcome buffered and
+-- sends it again. The last SELECT probes only the rows not done: none, normally.
 -- Plan: one primary-key probe per input row, whatever the statistics say. The fence on
--- the worker is a join condition against a column of the input (`o.worker`), not a filter
+-- the worker is a join condition against a column of the input (`worker`), not a filter
 -- on jobs: as a filter, statistics taken before anything ran (worker_id all NULL) made the
 -- planner expect one matching row, scan jobs first and re-read the input for each row it
 -- found, so acknowledging 1,000 jobs cost a million comparisons. Nor does it say
 -- `state = 'running'` (which `worker_id = <us>` already means, by the CHECK
 -- jobs_running_has_lease): that offered jobs_lease_idx for the same mistake.
-WITH o AS (
+WITH input AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(states)b::text[]::skiplock.job_state[],
                          %(results)b::jsonb[], %(errors)b::text[], %(run_ats)b::timestamptz[],
                          %(checkpoints)b::jsonb[], %(progresses)b::jsonb[],
                          array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]))
-           AS o(id, attempt, state, result, error, run_at, checkpoint, progress, worker)
+           AS i(id, attempt, state, result, error, run_at, checkpoint, progress, worker)
+), o AS (
+    SELECT i.* FROM skiplock.jobs j JOIN input i ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker
+       FOR UPDATE OF j SKIP LOCKED
+), done AS (
+    UPDATE skiplock.jobs j
+       SET state = o.state,
+           result = o.result,
+           last_error = coalesce(o.error, j.last_error),
+           run_at = coalesce(o.run_at, j.run_at),
+           checkpoint = coalesce(o.checkpoint, j.checkpoint),
+           progress = coalesce(o.progress, j.progress),
+           worker_id = NULL,
+           lease_expires_at = NULL,
+           finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE coalesce(%(now)s, now()) END
+      FROM o
+     WHERE j.id = o.id  -- locked by `o`, still under its fence
+    RETURNING j.id
 )
-UPDATE skiplock.jobs j
-   SET state = o.state,
-       result = o.result,
-       last_error = coalesce(o.error, j.last_error),
-       run_at = coalesce(o.run_at, j.run_at),
-       checkpoint = coalesce(o.checkpoint, j.checkpoint),
-       progress = coalesce(o.progress, j.progress),
-       worker_id = NULL,
-       lease_expires_at = NULL,
-       finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE coalesce(%(now)s, now()) END
-  FROM o
- WHERE j.id = o.id AND j.attempt = o.attempt AND j.worker_id = o.worker
-RETURNING j.id;
+SELECT id, true AS done FROM done
+UNION ALL
+SELECT i.id, false FROM input i
+  JOIN skiplock.jobs j ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker
+ WHERE i.id NOT IN (SELECT id FROM done);
 
 -- name: release_many_if_held
 -- Graceful shutdown: jobs still running after the grace period go back to queued, due

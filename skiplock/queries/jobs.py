@@ -67,12 +67,15 @@ async def claim_batch(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] 
 async def finish_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
                               states: list[str], results: list[Jsonb | None] | None, errors: list[str | None] | None,
                               run_ats: list[datetime | None] | None, checkpoints: list[Jsonb | None] | None,
-                              progresses: list[Jsonb | None] | None, now: datetime | None = None) -> set[uuid.UUID]:
-    """Acknowledge outcomes (see the query). A column given as None is NULL for every row."""
+                              progresses: list[Jsonb | None] | None,
+                              now: datetime | None = None) -> tuple[set[uuid.UUID], set[uuid.UUID]]:
+    """Acknowledge outcomes (see the query). A column given as None is NULL for every row.
+    Returns (done, locked): the ids whose outcome was written, and those still held whose row
+    another transaction has locked (not written: send them again). Any other id was fenced."""
     rows = await fetch_all(conn, "finish_many_if_held", {
         "worker_id": worker_id, "ids": ids, "attempts": attempts, "states": states, "results": results,
         "errors": errors, "run_ats": run_ats, "checkpoints": checkpoints, "progresses": progresses, "now": now})
-    return {r["id"] for r in rows}
+    return {r["id"] for r in rows if r["done"]}, {r["id"] for r in rows if not r["done"]}
 
 
 async def update_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],

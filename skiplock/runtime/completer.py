@@ -1,7 +1,11 @@
 """Buffered, fenced acknowledgements. Handlers' outcomes (and progress/checkpoint updates)
 are collected and written one statement per flush: the flush starts as soon as something
 is buffered, so under load batches grow by themselves while idle latency stays one round
-trip. An outcome the database did not confirm stays buffered and is retried.
+trip. An outcome the database did not confirm stays buffered and is retried; so does one
+whose row another transaction has locked (a handler that returned with its own row locked):
+it is skipped, not waited for, so that the other jobs' acknowledgements still land, and sent
+again with the next flush, at the latest after LOCKED_RETRY seconds. It is still held
+meanwhile: the heartbeat renews its lease like a running job's.
 
 Values are checked before they are buffered (skiplock.storable). Should the database still
 refuse a batch for its content (a data exception, not a lost connection), the batch is split
@@ -10,6 +14,7 @@ until the refused outcome is found; that job alone fails, saying why, and the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -30,6 +35,8 @@ MAX_BATCH = 1000
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 """Results and checkpoints per statement: a batch of large results stays far below
 PostgreSQL's 1 GB bound on one value (the jsonb[] array)."""
+LOCKED_RETRY = 1.0
+"""Seconds before an outcome whose row was locked is sent again, if no other flush comes first."""
 
 
 class Completer(Service):
@@ -49,6 +56,8 @@ class Completer(Service):
         self._updates: dict[tuple[uuid.UUID, int], JobContext] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._locked: set[uuid.UUID] = set()  # outcomes whose row was locked at the last try
+        self._reported: set[uuid.UUID] = set()  # those already named in the log
         # Confirmed outcomes by the state written, and those fenced (no longer ours: ignored).
         self.counts = {"succeeded": 0, "queued": 0, "failed": 0, "fenced": 0}
 
@@ -80,9 +89,8 @@ class Completer(Service):
 
     async def _run(self) -> None:
         # Flushes as soon as something is buffered; on stop(), once the buffer is empty.
-        outcomes = self.inflight.outcomes
         while True:
-            while outcomes or self._updates:
+            while self._updates or self._unsent():
                 try:
                     await self.run_once()
                     self.failures = 0
@@ -91,10 +99,20 @@ class Completer(Service):
                     emit("skiplock.worker.db_error", worker=self.worker_id, during="acknowledge",
                          error=f"{type(exc).__name__}: {exc}".strip())
                     await asyncio.sleep(self._failed(base=0.05, cap=5.0))
-            if self.stopping:
-                return
             self._wake.clear()
-            await self._wait_for(self._wake)
+            if not self.inflight.outcomes:
+                if self.stopping:
+                    return
+                await self._wait_for(self._wake)
+            else:  # only outcomes whose rows are locked: again with the next flush, or after LOCKED_RETRY
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), LOCKED_RETRY)
+                self._locked.clear()
+
+    def _unsent(self) -> bool:
+        """Whether an outcome waits that was not found locked at this round's last try."""
+        locked = self._locked
+        return any(o.job_id not in locked for o in self.inflight.outcomes)
 
     async def run_once(self) -> int:
         """Write up to MAX_BATCH buffered outcomes (MAX_BATCH_BYTES) and all buffered updates;
@@ -121,10 +139,11 @@ class Completer(Service):
         return self.inflight.outcomes[:n]
 
     async def _finish(self, conn: db.AsyncConn, batch: list[Outcome]) -> int:
-        """Acknowledge `batch`, a prefix of the buffer. A refused batch is split in two; a
-        refused single outcome is replaced, in the buffer too, by the job's failure."""
+        """Acknowledge `batch`; returns how many were written or fenced. A refused batch is
+        split in two; a refused single outcome is replaced, in the buffer too, by the job's
+        failure."""
         try:
-            changed = await jobs.finish_many_if_held(
+            done, locked = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
                 attempts=[o.attempt for o in batch], states=[o.state for o in batch],
                 results=_column([_stored(o.result_json) for o in batch]),
@@ -137,21 +156,40 @@ class Completer(Service):
             if len(batch) > 1:
                 half = len(batch) // 2
                 return await self._finish(conn, batch[:half]) + await self._finish(conn, batch[half:])
-            assert self.inflight.outcomes[0] is batch[0]
-            self.inflight.outcomes[0] = failure = _refused_outcome(batch[0], exc)
+            outcomes = self.inflight.outcomes
+            failure = _refused_outcome(batch[0], exc)
+            outcomes[next(i for i, o in enumerate(outcomes) if o is batch[0])] = failure
             emit("skiplock.job.failed", job_id=failure.job_id, task=failure.task, attempt=failure.attempt,
                  worker=self.worker_id, traceback=failure.error)
             return await self._finish(conn, [failure])
-        del self.inflight.outcomes[:len(batch)]  # sub-batches are written in order: each is the prefix
+        self._settle(batch, locked)
         counts = self.counts
         for o in batch:
-            if o.job_id in changed:
+            if o.job_id in done:
                 counts[o.state] += 1
+            elif o.job_id in locked:
+                self._locked.add(o.job_id)
+                if o.job_id not in self._reported:
+                    self._reported.add(o.job_id)
+                    emit("skiplock.job.ack_blocked", job_id=o.job_id, task=o.task, attempt=o.attempt,
+                         worker=self.worker_id, reason="its row is locked by another transaction (the handler's "
+                                                       "own?); the outcome is sent again until the lock is released")
             else:
                 counts["fenced"] += 1
                 emit("skiplock.job.fenced", job_id=o.job_id, task=o.task, attempt=o.attempt,
                      worker=self.worker_id, reason="no longer held by this attempt; answer ignored")
-        return len(batch)
+            if o.job_id not in locked and self._reported:
+                self._reported.discard(o.job_id)
+        return len(batch) - len(locked)
+
+    def _settle(self, batch: list[Outcome], locked: set[uuid.UUID]) -> None:
+        """Take `batch` out of the buffer, but for the outcomes whose row was locked."""
+        outcomes = self.inflight.outcomes
+        if not locked and outcomes and outcomes[0] is batch[0]:
+            del outcomes[:len(batch)]  # the common case: the batch is the buffer's head
+            return
+        gone = {id(o) for o in batch if o.job_id not in locked}
+        outcomes[:] = [o for o in outcomes if id(o) not in gone]
 
     async def _update(self, conn: db.AsyncConn, live: list[JobContext]) -> None:
         """Write progress and checkpoints; a refused batch is split, and a refused single

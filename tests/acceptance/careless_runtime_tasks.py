@@ -10,6 +10,7 @@ import asyncio
 import os
 import threading
 import time
+from typing import Any
 
 import psycopg
 
@@ -94,3 +95,18 @@ async def lock_own_row(ctx: JobContext, seconds: float = 8) -> None:
         await asyncio.sleep(seconds)
         await conn.commit()
     await record(ctx, "end")
+
+
+LEAKED: list[psycopg.Connection[Any]] = []
+"""Connections a handler left in an open transaction (kept referenced, so they stay open)."""
+
+
+@task(name="careless.leak_row_lock", timeout=60, max_attempts=1)
+def leak_row_lock(ctx: JobContext) -> None:
+    """Updates its own job row in a transaction it never ends, and returns: its row stays
+    locked after the handler is done (until the test terminates that session)."""
+    record_sync(ctx, "start")
+    conn = psycopg.connect(os.environ["DATABASE_URL"], application_name="careless-leak")
+    conn.execute("UPDATE skiplock.jobs SET progress = '{\"percent\": 1}' WHERE id = %s", (ctx.job_id,))
+    LEAKED.append(conn)
+    record_sync(ctx, "end")

@@ -183,6 +183,29 @@ def test_a_handler_locking_its_own_row_does_not_hold_up_its_neighbours_renewals(
     assert term_and_time(w) < EXIT_WITHIN and term_and_time(rescuer) < EXIT_WITHIN
 
 
+def test_a_handler_leaving_its_own_row_locked_does_not_hold_up_its_neighbours_acknowledgements(
+        fleet: Fleet) -> None:
+    """The handler returns with its row still locked by a transaction it left open: its
+    outcome cannot be written, but the other jobs' outcomes are (the acknowledgement skips
+    the locked row); once the session ends, its own outcome lands too, at attempt 1."""
+    url = fleet.url
+    w = fleet.start(lease_seconds=60)  # the leaked lock outlasts no lease: nothing is rescued
+    locker = enqueue(url, "careless.leak_row_lock")
+    wait_for(lambda: ("end", 1, w.worker_id) in ledger(url, locker), 20, "the locker to return")
+    neighbours = [enqueue(url, "chaos.work") for _ in range(3)]
+    wait_terminal(url, neighbours, 20)
+    leaked = rows(url, "SELECT pid, state FROM pg_stat_activity WHERE application_name = 'careless-leak'")
+    assert [s for _, s in leaked] == ["idle in transaction"], "the locker's transaction is still open"
+    assert job(url, locker)["state"] == "running"
+    for n in neighbours:
+        assert_ran_once(url, n, w)
+    assert f"skiplock.job.ack_blocked job_id={locker}" in w.log_text()
+    scalar(url, "SELECT pg_terminate_backend(%s)", (leaked[0][0],))
+    wait_terminal(url, [locker], 20)
+    assert job(url, locker) == {"state": "succeeded", "attempt": 1, "error": ""}
+    assert term_and_time(w) < EXIT_WITHIN
+
+
 def test_sigterm_during_a_long_sync_handler_never_lets_it_run_twice_at_once(fleet: Fleet) -> None:
     url = fleet.url
     w = fleet.start()

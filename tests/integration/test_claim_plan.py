@@ -119,5 +119,5 @@ def test_acknowledgement_probes_the_primary_key_whatever_the_statistics(churned)
               "checkpoints": None, "progresses": None, "now": None}
     for nodes in (explain(churned, q("finish_many_if_held"), params),
                   explain_generic(churned, "finish", q("finish_many_if_held"), params)):
-        scans = scans_of_jobs(nodes)
-        assert scans == [("Index Scan", "jobs_pkey")], scans
+        scans = scans_of_jobs(nodes)  # the lock, the update, and the check of the rows not done
+        assert scans and set(scans) == {("Index Scan", "jobs_pkey")}, scans

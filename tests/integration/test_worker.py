@@ -264,7 +264,7 @@ def test_a_late_answer_from_a_rescued_attempt_changes_nothing(db_url, pg_conn, r
             late_a = await job_queries.finish_many_if_held(
                 conn, worker_id="A", ids=[job], attempts=[a.attempt], states=["failed"],
                 results=[None], errors=["late"], run_ats=[None], checkpoints=[None], progresses=[None])
-            assert done_b == {job} and late_a == set()
+            assert done_b == ({job}, set()) and late_a == (set(), set())
             # A's lease renewal is fenced too
             with psycopg.connect(db_url, autocommit=True) as blocking:  # the heartbeat's queries block
                 assert job_queries.extend_leases_if_held(blocking, worker_id="A", holds={job: a.attempt},
@@ -352,8 +352,8 @@ def test_a_job_cancelled_and_retried_under_the_same_worker_fences_the_old_run(db
                     results=[jsonb({"by": by})], errors=[None], run_ats=[None], checkpoints=[None],
                     progresses=[None])
 
-            assert await ack(first.attempt, "first") == set()
-            assert await ack(second.attempt, "second") == {job}
+            assert await ack(first.attempt, "first") == (set(), set())
+            assert await ack(second.attempt, "second") == ({job}, set())
         return job
 
     row = job_row(pg_conn, run(go()))
