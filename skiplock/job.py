@@ -14,7 +14,6 @@ from .errors import InvalidInput
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATES: tuple[State, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 PriorityName = Literal["high", "normal", "low"]
 PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}

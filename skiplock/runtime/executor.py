@@ -105,7 +105,7 @@ def failed_attempt(job: ClaimedJob, ctx: JobContext, retry: Backoff, error: str,
 
 
 async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
-                  max_result_bytes: int = MAX_RESULT_BYTES, now: datetime | None = None) -> Outcome:
+                  max_result_bytes: int = MAX_RESULT_BYTES) -> Outcome:
     """Run the handler; never raises except CancelledError (job cancelled or worker stopping)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -114,7 +114,7 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         return end_of_attempt(job, ctx, state, duration=loop.time() - started, result_json=result_json, error=error)
 
     def failure(error: str) -> Outcome:
-        return failed_attempt(job, ctx, t.retry, error, duration=loop.time() - started, now=now)
+        return failed_attempt(job, ctx, t.retry, error, duration=loop.time() - started)
 
     try:
         t = registry.get(job.task)
