@@ -80,13 +80,13 @@ def test_settings_validate_with_the_variable_name(monkeypatch: Any):
         Settings()
 
 
-def test_the_wheel_ships_the_sql_files_and_migrations(tmp_path: Path):
+def test_the_wheel_ships_every_package_the_sql_files_and_migrations(tmp_path: Path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                     str(tmp_path), str(ROOT)], check=True, capture_output=True)
     [wheel] = tmp_path.glob("skiplock-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"skiplock/_sql/jobs.sql", "skiplock/_sql/schema.sql", "migrations/env.py",
-            "migrations/versions/0001_initial.py"} <= names
+            "migrations/versions/0001_initial.py", "skiplock/runtime/worker.py", "skiplock/queries/jobs.py"} <= names
 
 
 def test_args_too_deeply_nested_to_store_are_invalid_arguments():
