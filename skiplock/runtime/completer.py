@@ -4,7 +4,7 @@ is buffered, so under load batches grow by themselves while idle latency stays o
 trip. An outcome the database did not confirm stays buffered and is retried; so does one
 whose row another transaction has locked (a handler that returned with its own row locked):
 it is skipped, not waited for, so that the other jobs' acknowledgements still land, and sent
-again with the next flush, at the latest after LOCKED_RETRY seconds. It is still held
+again with the next flush, at the latest after LOCKED_RETRY seconds (a lock held only briefly, by the rescuer or the heartbeat, costs no more). It is still held
 meanwhile: the heartbeat renews its lease like a running job's.
 
 Values are checked before they are buffered (skiplock.storable). Should the database still
@@ -35,7 +35,7 @@ MAX_BATCH = 1000
 MAX_BATCH_BYTES = 32 * 1024 * 1024
 """Results and checkpoints per statement: a batch of large results stays far below
 PostgreSQL's 1 GB bound on one value (the jsonb[] array)."""
-LOCKED_RETRY = 1.0
+LOCKED_RETRY = 0.25
 """Seconds before an outcome whose row was locked is sent again, if no other flush comes first."""
 
 
@@ -116,7 +116,8 @@ class Completer(Service):
 
     async def run_once(self) -> int:
         """Write up to MAX_BATCH buffered outcomes (MAX_BATCH_BYTES) and all buffered updates;
-        returns how many outcomes were written. On error nothing is dropped."""
+        returns how many outcomes were settled (written, or fenced: no longer ours). On error
+        nothing is dropped; an outcome whose row is locked stays buffered."""
         batch = self._next_batch()
         updates = dict(self._updates)
         async with self.pool.connection() as conn:

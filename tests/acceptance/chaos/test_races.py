@@ -241,10 +241,11 @@ def test_retry_ack_races_rescue_row_by_row(chaos_url: str) -> None:
                 for i in range(0, n, chunk):
                     ids = order[i:i + chunk]
                     k = len(ids)
+                    # (id, done): a row the rescuer has locked is skipped, done = false
                     took |= {g[0] for g in c.execute(q("finish_many_if_held"), {
                         "worker_id": worker, "ids": ids, "attempts": [1] * k, "states": ["queued"] * k,
                         "results": [None] * k, "errors": ["RuntimeError: boom"] * k, "run_ats": [None] * k,
-                        "checkpoints": [None] * k, "progresses": [None] * k, "now": None}).fetchall()}
+                        "checkpoints": [None] * k, "progresses": [None] * k, "now": None}).fetchall() if g[1]}
             return took
 
         def rescue() -> set[uuid.UUID]:
