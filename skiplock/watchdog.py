@@ -142,9 +142,17 @@ class Watchdog:
         stall_since: float | None = None
         culprit: JobRef | None = None
         interrupted_at = 0.0
+        last = time.monotonic()
         while not self._stop.is_set():
             self._read_signals(TICK)
             now = time.monotonic()
+            if now - last > STALL_AFTER:
+                # This thread did not run either: the whole process was paused (SIGSTOP, a
+                # suspended VM) or starved of CPU. Not the loop's fault: measure afresh, or a
+                # process resumed after a lease would take itself for wedged and exit.
+                self.tick = now
+                stall_since, culprit = None, None
+            last = now
             if self._deadline is not None and now > self._deadline:
                 self.exit(EXIT_FORCED, f"still running {self.grace_seconds + SHUTDOWN_BOUND:g}s after the stop "
                                        "signal (grace period + bound)")
