@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from skiplock import admin, db
-from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
+from skiplock.enqueue import Enqueued, JobSpec, check_repeat, enqueue_many
 from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
-from skiplock.job import STATES, check_queue, check_task_name, priority_value
+from skiplock.job import STATES, check_queue, check_task_name
 
 from .bodies import read_json, validate
 from .context import api, request_id
@@ -31,29 +31,9 @@ def _spec(body: JobIn, key: str | None) -> JobSpec:
                    batch_id=body.batch_id)
 
 
-def _same_request(request: Request, row: dict[str, Any], body: JobIn) -> bool:
-    """Whether a repeated idempotent submission asks for the job that exists. Options the
-    request leaves unset are not compared: a task's defaults may change between deploys, and
-    a retried request must still find its job. `delay` is relative to each request's own
-    time, so it is not compared either."""
-    t = api(request).registry.get(body.task)
-    wanted: dict[str, Any] = {"task": t.name, "args": t.validate(body.args), "queue": body.queue or t.queue}
-    if body.priority is not None:
-        wanted["priority"] = priority_value(body.priority)
-    if body.max_attempts is not None:
-        wanted["max_attempts"] = body.max_attempts
-    if body.timeout is not None:
-        wanted["timeout"] = body.timeout
-    if body.run_at is not None:
-        wanted["run_at"] = body.run_at
-    if body.batch_id is not None:
-        wanted["batch_id"] = body.batch_id
-    return all(row.get(k) == v for k, v in wanted.items())
-
-
 async def submit(request: Request) -> Response:
     """POST /jobs: 201 new job; 200 the same job for a repeated Idempotency-Key; 409 if the
-    key was used for a different job."""
+    key was used for a different job (skiplock.enqueue decides which)."""
     state = api(request)
     body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
     header_key = request.headers.get("idempotency-key")
@@ -78,18 +58,16 @@ async def submit(request: Request) -> Response:
             existing = await admin.find_by_idempotency_key(conn, queue, key) if key is not None else None
             if existing is None:
                 raise
+            check_repeat(_spec(body, key), existing, registry=state.registry,
+                         max_args_bytes=state.settings.max_args_bytes)
             job = Enqueued(existing, False)
     out = JobOut.from_row(job.row)
-    if job.created:
-        return _json(out, 201, {"Location": f"/jobs/{out.id}"})
-    if not _same_request(request, job.row, body):
-        raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different job {out.id}",
-                                  field="idempotency_key", details={"job_id": str(out.id)})
-    return _json(out, 200, {"Location": f"/jobs/{out.id}"})
+    return _json(out, 201 if job.created else 200, {"Location": f"/jobs/{out.id}"})
 
 
 async def submit_bulk(request: Request) -> Response:
-    """POST /jobs/bulk: all jobs in one transaction, or none (422 names the bad index)."""
+    """POST /jobs/bulk: all jobs in one transaction, or none (422 or 409 names the bad index).
+    Idempotency keys follow the rule of POST /jobs, item by item."""
     state = api(request)
     data = await read_json(request, state.settings.max_body_bytes)
     limit = state.settings.max_bulk_jobs
@@ -112,7 +90,7 @@ async def submit_bulk(request: Request) -> Response:
                     max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request),
                     defer_notify=True)
             state.wakeups.touch({j.row["queue"] for j in jobs if j.created})
-        except InvalidInput as exc:
+        except (InvalidInput, IdempotencyConflict) as exc:
             exc.details.setdefault("index", 0)  # a bulk of one names its index too
             raise
     out = BulkOut(ids=[j.id for j in jobs], created=sum(1 for j in jobs if j.created))
