@@ -83,6 +83,8 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     timeout = t.timeout if spec.timeout is None else spec.timeout
     if timeout is not None and (not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0):
         raise InvalidInput(f"timeout must be a number of seconds > 0, not {timeout!r}", field="timeout")
+    if timeout is not None:
+        timeout = float(timeout)  # one type per column: a bulk's list of timeouts is sent as one array
     key = spec.idempotency_key
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
         raise InvalidInput("idempotency_key must be 1-255 characters", field="idempotency_key")

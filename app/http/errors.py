@@ -100,8 +100,21 @@ def _bad_data(exc: psycopg.DataError) -> SkiplockError:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                          headers=dict(exc.headers) if exc.headers else None)
+                          headers=headers or None)
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (the router's own 405 names only the first
+    route it tried). A path that is a route's literal path (/jobs/bulk) takes that route's
+    methods only, not those of a parameterised one it also matches (/jobs/{job_id})."""
+    routes = [r for r in request.app.routes if getattr(r, "path_regex", None) and r.path_regex.match(request.url.path)]
+    literal = [r for r in routes if "{" not in r.path]
+    methods = {m for r in (literal or routes) for m in (r.methods or ())}
+    return ", ".join(sorted(methods))
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

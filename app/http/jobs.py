@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import re
 import uuid
 from collections import Counter
 from typing import Any
 
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
 from skiplock import admin, db
 from skiplock.enqueue import Enqueued, JobSpec, check_repeat, enqueue_many
-from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
+from skiplock.errors import IdempotencyConflict, InvalidArguments, InvalidInput, JobNotFound, QueueFull
 from skiplock.job import STATES, check_queue, check_task_name
+from skiplock.tasks import Task
 
 from .bodies import read_json, validate
 from .context import api, request_id
@@ -23,6 +28,34 @@ from .schemas import BulkIn, BulkOut, HistoryEntry, JobDetail, JobIn, JobOut, Jo
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json", headers=headers)
+
+
+HEADER_KEY_RE = re.compile(r"^[!-~]([ -~]{0,253}[!-~])?$")
+"""An Idempotency-Key header: 1-255 printable ASCII characters (HTTP trims spaces at the ends)."""
+
+
+def _integral_as_int(value: Any) -> Any:
+    """JSON Schema's integer includes 7.0: a copy with such floats as ints, for the check only."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_as_int(v) for v in value]
+    return value
+
+
+def check_args(t: Task, args: dict[str, Any]) -> None:
+    """The arguments checked against the task as JSON, strictly: `true` or `"7"` is not a
+    number, `7` is not a string (the task's own validation, which stores them, would convert).
+    Depth is bounded by bodies.MAX_DEPTH, so the copy may recurse."""
+    try:
+        t.model.model_validate_json(json.dumps(_integral_as_int(args)), strict=True)
+    except ValidationError as exc:
+        errors = [{"field": ".".join(str(x) for x in ("args", *e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        first = errors[0]
+        raise InvalidArguments(f"invalid arguments for task {t.name!r}: {first['field']}: {first['message']}",
+                               field=first["field"], details={"errors": errors}) from None
 
 
 def _spec(body: JobIn, key: str | None) -> JobSpec:
@@ -37,12 +70,14 @@ async def submit(request: Request) -> Response:
     state = api(request)
     body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
     header_key = request.headers.get("idempotency-key")
+    if header_key is not None and not HEADER_KEY_RE.match(header_key):
+        raise InvalidInput("the Idempotency-Key header must be 1-255 printable ASCII characters",
+                           field="Idempotency-Key")
     if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    if key is not None and (not 1 <= len(key) <= 255 or "\x00" in key):
-        raise InvalidInput("Idempotency-Key must be 1-255 characters, without NUL", field="idempotency_key")
+    check_args(state.registry.get(body.task), body.args)
     queue = body.queue or state.registry.get(body.task).queue
     async with state.connection() as conn:
         try:
@@ -69,19 +104,32 @@ async def submit_bulk(request: Request) -> Response:
     """POST /jobs/bulk: all jobs in one transaction, or none (422 or 409 names the bad index).
     Idempotency keys follow the rule of POST /jobs, item by item."""
     state = api(request)
-    data = await read_json(request, state.settings.max_body_bytes)
-    limit = state.settings.max_bulk_jobs
-    if isinstance(data, dict) and isinstance(data.get("jobs"), list) and len(data["jobs"]) > limit:
-        raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
-                           details={"limit": limit})
-    body = validate(BulkIn, data)
+    try:
+        data = await read_json(request, state.settings.max_body_bytes)
+        limit = state.settings.max_bulk_jobs
+        if isinstance(data, dict) and isinstance(data.get("jobs"), list) and len(data["jobs"]) > limit:
+            raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
+                               details={"limit": limit})
+        body = validate(BulkIn, data)
+    except InvalidInput as exc:
+        index = re.match(r"^jobs\.([0-9]+)(\.|$)", exc.details.get("field", ""))
+        if index:  # the path names a job: say which, as the other refusals of a bulk do
+            exc.details["index"] = int(index[1])
+        raise
     queues: Counter[str] = Counter()
     for i, j in enumerate(body.jobs):
         try:
-            queues[j.queue or state.registry.get(j.task).queue] += 1
+            t = state.registry.get(j.task)
         except InvalidInput as exc:
             exc.details.update(index=i, field=f"jobs.{i}.task")
             raise
+        try:
+            check_args(t, j.args)
+        except InvalidInput as exc:
+            exc.details["index"] = i
+            exc.message = f"job {i}: {exc.message}"
+            raise
+        queues[j.queue or t.queue] += 1
     async with state.connection() as conn:
         try:
             async with state.reserve(conn, dict(queues)):
@@ -105,6 +153,8 @@ def _job_id(raw: str) -> uuid.UUID:
 
 
 async def get_job(request: Request) -> Response:
+    if request.path_params["job_id"] == "bulk":  # the path of POST /jobs/bulk, not a job
+        raise HTTPException(405)
     state = api(request)
     job_id = _job_id(request.path_params["job_id"])
     async with state.connection() as conn:
@@ -120,9 +170,19 @@ def _cursor_encode(job_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
 
 
+CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+"""A cursor is a job id in unpadded URL-safe base64 (22 characters): base64 decoders skip
+other characters, so anything else is refused before decoding."""
+
+LIMIT_RE = re.compile(r"^[0-9]{1,3}$")
+"""`limit` in plain ASCII digits (int() would also take "+5", " 5", "1_0" and other scripts' digits)."""
+
+
 def _cursor_decode(raw: str) -> uuid.UUID:
     try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not CURSOR_RE.match(raw):
+            raise ValueError(raw)
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
     except (binascii.Error, ValueError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
 
@@ -137,10 +197,7 @@ async def list_jobs(request: Request) -> Response:
     state_filter = p.get("state")
     if state_filter is not None and state_filter not in STATES:
         raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state", value=state_filter)
-    try:
-        limit = int(p.get("limit", "50"))
-    except ValueError:
-        limit = 0
+    limit = int(p.get("limit", "50")) if LIMIT_RE.match(p.get("limit", "50")) else 0
     if not 1 <= limit <= 500:
         raise InvalidInput("limit must be an integer from 1 to 500", field="limit")
     queue = check_queue(p["queue"]) if "queue" in p else None
