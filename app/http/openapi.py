@@ -157,6 +157,22 @@ class RequestSchema(GenerateJsonSchema):
         return out
 
 
+def _storable_keys(schema: Any) -> None:
+    """Every object in a request schema says its keys hold no NUL, and what its undeclared
+    keys may hold (any storable JSON) where it allows them."""
+    if isinstance(schema, list):
+        for v in schema:
+            _storable_keys(v)
+    if not isinstance(schema, dict):
+        return
+    if schema.get("type") == "object":
+        schema.setdefault("propertyNames", {"pattern": NO_NUL})
+        if "properties" in schema and schema.get("additionalProperties", True) is True:
+            schema["additionalProperties"] = {"$ref": REF.format(model=JSON_VALUE)}
+    for v in schema.values():
+        _storable_keys(v)
+
+
 def _json_value() -> dict[str, Any]:
     ref = {"$ref": REF.format(model=JSON_VALUE)}
     return {"description": "Any JSON value PostgreSQL can store: no NUL in strings or keys",
@@ -199,6 +215,7 @@ def _spec(limits: tuple[int, int, int], tasks_key: str, registry: TaskRegistry) 
                                        ref_template=REF, schema_generator=RequestSchema)
     _, resp_top = models_json_schema([(m, "serialization") for m in sorted(response_models, key=lambda m: m.__name__)],
                                      ref_template=REF)
+    _storable_keys(req_top.get("$defs", {}))
     defs: dict[str, Any] = {**resp_top.get("$defs", {}), **req_top.get("$defs", {}), JSON_VALUE: _json_value()}
     _job_variants(defs, registry, {name: keys[(m, "validation")] for name, m in task_models.items()})
     for name in (n for n in defs if n.startswith("JobIn_")):
