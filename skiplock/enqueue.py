@@ -108,16 +108,23 @@ async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | N
                                correlation_id=correlation_id, now=now))[0]
 
 
-def _same_job(spec: JobSpec, resolved: dict[str, Any], row: dict[str, Any]) -> bool:
+def _same_job(t: Task, spec: JobSpec, resolved: dict[str, Any], row: dict[str, Any]) -> bool:
     """Whether a submission repeating an idempotency key asks for the job `row` stored under it.
 
-    Task, arguments (as validated) and queue are always compared; other options only when
-    the submission states them: a task's defaults may change between deploys, and a retried
-    request must still find its job. `delay` is relative to each submission's own time, so
-    it is never compared."""
-    wanted = ["task", "args", "queue"]
-    wanted += [k for k in ("priority", "max_attempts", "timeout", "run_at", "batch_id") if getattr(spec, k) is not None]
-    return all(row.get(k) == resolved[k] for k in wanted)
+    Task, arguments and queue are always compared, the arguments as the task validates them
+    on both sides (a job stored from SQL with `{}` matches a repeat whose arguments take the
+    defaults); other options only when the submission states them: a task's defaults may
+    change between deploys, and a retried request must still find its job. `delay` is
+    relative to each submission's own time, so it is never compared."""
+    stated = [k for k in ("priority", "max_attempts", "timeout", "run_at", "batch_id") if getattr(spec, k) is not None]
+    if not all(row.get(k) == resolved[k] for k in ("task", "queue", *stated)):
+        return False
+    if bool(row.get("args") == resolved["args"]):
+        return True
+    try:
+        return bool(t.validate(row.get("args")) == resolved["args"])
+    except InvalidInput:  # stored arguments the task refuses (submitted from SQL) are another job
+        return False
 
 
 def _conflict(index: int | None, key: str, row: dict[str, Any], batch_index: int | None) -> IdempotencyConflict:
@@ -137,8 +144,9 @@ def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry |
                  max_args_bytes: int = MAX_ARGS_BYTES) -> None:
     """Raise IdempotencyConflict unless `row`, stored under `spec`'s idempotency key, is the
     job `spec` asks for (the rule every submission path applies)."""
-    resolved = _resolve(spec, registry if registry is not None else default_registry, max_args_bytes, None)
-    if not _same_job(spec, resolved, row):
+    reg = registry if registry is not None else default_registry
+    resolved = _resolve(spec, reg, max_args_bytes, None)
+    if not _same_job(reg.get(spec.task), spec, resolved, row):
         raise _conflict(None, str(spec.idempotency_key), row, None)
 
 
@@ -171,7 +179,7 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
     try:
         if len(rows) == 1:
             job = await _insert_one(conn, rows[0], cid, defer_notify)
-            if not job.created and not _same_job(specs[0], rows[0], job.row):
+            if not job.created and not _same_job(reg.get(specs[0].task), specs[0], rows[0], job.row):
                 raise _conflict(None, rows[0]["idempotency_key"], job.row, None)
             return [job]
         if all(r["idempotency_key"] is None for r in rows):
@@ -183,17 +191,18 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
         # transaction (a savepoint inside the caller's), so a refused call stores nothing.
         async with conn.transaction():
             jobs = await _insert_many(conn, rows, cid, defer_notify)
-            _check_repeats(specs, rows, jobs)
+            _check_repeats(reg, specs, rows, jobs)
             return jobs
     except psycopg.Error as exc:
         raise translate(exc) from exc
 
 
-def _check_repeats(specs: Sequence[JobSpec], rows: list[dict[str, Any]], jobs: list[Enqueued]) -> None:
+def _check_repeats(reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[str, Any]],
+                   jobs: list[Enqueued]) -> None:
     """Raise for the first job whose key names a different job, stored before or in this call."""
     own = {j.id: i for i, j in enumerate(jobs) if j.created}
     for i, (spec, row, job) in enumerate(zip(specs, rows, jobs, strict=True)):
-        if not job.created and not _same_job(spec, row, job.row):
+        if not job.created and not _same_job(reg.get(spec.task), spec, row, job.row):
             raise _conflict(i, row["idempotency_key"], job.row, own.get(job.id))
 
 

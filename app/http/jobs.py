@@ -77,8 +77,9 @@ async def submit(request: Request) -> Response:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    check_args(state.registry.get(body.task), body.args)
-    queue = body.queue or state.registry.get(body.task).queue
+    t = state.registry.get(body.task)
+    check_args(t, body.args)
+    queue = body.queue or t.queue
     async with state.connection() as conn:
         try:
             async with state.reserve(conn, {queue: 1}):
