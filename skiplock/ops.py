@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -43,16 +44,24 @@ def parse_job_id(value: str | uuid.UUID, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):
-        raise InvalidInput(f"{value!r} is not a job id (a UUID)", field=field) from None
+        kind = "job" if field == "id" else field
+        raise InvalidInput(f"{value!r} is not a {kind} id (a UUID)", field=field) from None
 
 
 def encode_cursor(job_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
 
 
+CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+"""A job cursor is a job id in unpadded URL-safe base64 (22 characters): base64 decoders skip
+other characters, so anything else is refused before decoding."""
+
+
 def decode_cursor(raw: str) -> uuid.UUID:
     try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(raw, str) or not CURSOR_RE.match(raw):
+            raise ValueError(raw)
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
     except (binascii.Error, ValueError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
 

@@ -7,7 +7,6 @@ that is the listing's paging and DELETE /queues/{name}."""
 
 from __future__ import annotations
 
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,14 +15,9 @@ from skiplock.job import check_queue
 
 from .bodies import read_json, validate
 from .context import api, query_int
-from .schemas import QueueLimits, QueueList, QueueOut, QueueState
+from .schemas import QueueLimits, QueueOut, QueuePage, QueueState
 
 DEFAULT_LIMIT = 100
-
-
-class QueuePage(QueueList):
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page (queues in name order); "
-                                                "null at the end")
 
 
 def _json(model: QueuePage | QueueState) -> Response:
