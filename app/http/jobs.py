@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections import Counter
 from typing import Any
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from skiplock import admin
-from skiplock.enqueue import Enqueued, JobSpec, check_repeat, enqueue_many
-from skiplock.errors import IdempotencyConflict, InvalidArguments, InvalidInput, QueueFull
-from skiplock.tasks import Task
+from skiplock.enqueue import JobSpec
+from skiplock.errors import IdempotencyConflict, InvalidInput
 
 from .bodies import read_json, validate
 from .context import api, query_int, request_id
@@ -29,30 +24,6 @@ HEADER_KEY_RE = re.compile(r"^[!-~]([ -~]{0,253}[!-~])?$")
 """An Idempotency-Key header: 1-255 printable ASCII characters (HTTP trims spaces at the ends)."""
 
 
-def _integral_as_int(value: Any) -> Any:
-    """JSON Schema's integer includes 7.0: a copy with such floats as ints, for the check only."""
-    if type(value) is float and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _integral_as_int(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_as_int(v) for v in value]
-    return value
-
-
-def check_args(t: Task, args: dict[str, Any]) -> None:
-    """The arguments checked against the task as JSON, strictly: `true` or `"7"` is not a
-    number, `7` is not a string (the task's own validation, which stores them, would convert).
-    Depth is bounded by bodies.MAX_DEPTH, so the copy may recurse."""
-    try:
-        t.model.model_validate_json(json.dumps(_integral_as_int(args)), strict=True)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(str(x) for x in ("args", *e["loc"])), "message": e["msg"]} for e in exc.errors()]
-        first = errors[0]
-        raise InvalidArguments(f"invalid arguments for task {t.name!r}: {first['field']}: {first['message']}",
-                               field=first["field"], details={"errors": errors}) from None
-
-
 def _spec(body: JobIn, key: str | None) -> JobSpec:
     return JobSpec(task=body.task, args=body.args, queue=body.queue, priority=body.priority, run_at=body.run_at,
                    delay=body.delay, max_attempts=body.max_attempts, timeout=body.timeout, idempotency_key=key,
@@ -61,7 +32,7 @@ def _spec(body: JobIn, key: str | None) -> JobSpec:
 
 async def submit(request: Request) -> Response:
     """POST /jobs: 201 new job; 200 the same job for a repeated Idempotency-Key; 409 if the
-    key was used for a different job (skiplock.enqueue decides which)."""
+    key was used for a different job."""
     state = api(request)
     body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
     header_key = request.headers.get("idempotency-key")
@@ -72,26 +43,7 @@ async def submit(request: Request) -> Response:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    t = state.registry.get(body.task)
-    check_args(t, body.args)
-    queue = body.queue or t.queue
-    async with state.connection() as conn:
-        try:
-            async with state.reserve(conn, {queue: 1}):
-                [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
-                                           max_args_bytes=state.settings.max_args_bytes,
-                                           correlation_id=request_id(request), defer_notify=True)
-            if job.created:
-                state.wakeups.touch([job.row["queue"]])  # committed: wake sleeping workers
-        except QueueFull:
-            # A client repeating a request whose answer it lost gets its job back (or a 409),
-            # not a 429: the job it asks for is already stored and needs no room.
-            existing = await admin.find_by_idempotency_key(conn, queue, key) if key is not None else None
-            if existing is None:
-                raise
-            check_repeat(_spec(body, key), existing, registry=state.registry,
-                         max_args_bytes=state.settings.max_args_bytes)
-            job = Enqueued(existing, False)
+    [job] = await state.ops.submit([_spec(body, key)], correlation_id=request_id(request), json_args=True)
     out = JobOut.from_row(job.row)
     return _json(out, 201 if job.created else 200, {"Location": f"/jobs/{out.id}"})
 
@@ -107,36 +59,14 @@ async def submit_bulk(request: Request) -> Response:
             raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
                                details={"limit": limit})
         body = validate(BulkIn, data)
-    except InvalidInput as exc:
-        index = re.match(r"^jobs\.([0-9]+)(\.|$)", exc.details.get("field", ""))
-        if index:  # the path names a job: say which, as the other refusals of a bulk do
+        jobs = await state.ops.submit([_spec(j, j.idempotency_key) for j in body.jobs],
+                                      correlation_id=request_id(request), json_args=True)
+    except (InvalidInput, IdempotencyConflict) as exc:
+        index = re.match(r"^jobs\.([0-9]+)(\.|$)", exc.details.get("field") or "")
+        if index:  # the body's path names a job: say which, as the engine's refusals do
             exc.details["index"] = int(index[1])
+        exc.details.setdefault("index", 0)  # a bulk of one names its index too
         raise
-    queues: Counter[str] = Counter()
-    for i, j in enumerate(body.jobs):
-        try:
-            t = state.registry.get(j.task)
-        except InvalidInput as exc:
-            exc.details.update(index=i, field=f"jobs.{i}.task")
-            raise
-        try:
-            check_args(t, j.args)
-        except InvalidInput as exc:
-            exc.details["index"] = i
-            exc.message = f"job {i}: {exc.message}"
-            raise
-        queues[j.queue or t.queue] += 1
-    async with state.connection() as conn:
-        try:
-            async with state.reserve(conn, dict(queues)):
-                jobs: list[Enqueued] = await enqueue_many(
-                    conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
-                    max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request),
-                    defer_notify=True)
-            state.wakeups.touch({j.row["queue"] for j in jobs if j.created})
-        except (InvalidInput, IdempotencyConflict) as exc:
-            exc.details.setdefault("index", 0)  # a bulk of one names its index too
-            raise
     out = BulkOut(ids=[j.id for j in jobs], created=sum(1 for j in jobs if j.created))
     return _json(out, 201)
 

@@ -49,7 +49,6 @@ async def set_limits(request: Request) -> Response:
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
     row = await state.ops.set_queue_limits(name, max_waiting=body.max_waiting)
-    state.forget_limits()
     return _json(QueueState(**row))
 
 
@@ -57,5 +56,4 @@ async def delete(request: Request) -> Response:
     """DELETE /queues/{name}: 204, its settings forgotten; 409 while jobs name it; 404 unknown."""
     state = api(request)
     await state.ops.delete_queue(request.path_params["name"])
-    state.forget_limits()
     return Response(status_code=204)

@@ -131,3 +131,15 @@ def test_a_worker_frozen_longer_than_its_lease_carries_on_when_resumed(db_url, t
         code = worker.wait(30)
     assert code == 0, (tmp_path / "w.log").read_text()[-2000:]
     assert "wedged" not in (tmp_path / "w.log").read_text()
+
+
+def test_cli_enqueue_holds_the_queue_limit_and_checks_json_types(db_url):
+    env = skiplock_env(db_url)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("INSERT INTO skiplock.queues (name, max_waiting) VALUES ('mail', 1)")
+    assert cli(["enqueue", "echo", "--args", '{"message": "a"}', "--queue", "mail"], env).returncode == 0
+    full = cli(["enqueue", "echo", "--args", '{"message": "b"}', "--queue", "mail"], env, check=False)
+    assert full.returncode == 2 and "its limit is 1" in full.stderr
+    typed = cli(["enqueue", "echo", "--args", '{"message": 7}'], env, check=False)
+    assert typed.returncode == 2 and "args.message" in typed.stderr
+    assert counts(db_url) == {"queued": 1}
