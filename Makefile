@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test test-fast run api worker migrate psql status bench bench-peers chaos soak lint clean stop-db
+.PHONY: help install test test-fast fuzz run api worker migrate psql status bench bench-peers chaos soak lint clean stop-db
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ test: $(STAMP) ## the whole suite (starts its own PostgreSQL)
 
 test-fast: $(STAMP) ## the suite without the slow acceptance tests
 	$(PY) -m pytest -m "not slow"
+
+fuzz: $(STAMP) ## long schemathesis run against /openapi.json of a real server (FUZZ_EXAMPLES per operation, random seed)
+	SKIPLOCK_FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),500) SKIPLOCK_FUZZ_SEED= $(PY) -m pytest -p no:cacheprovider \
+		tests/integration/test_http_schemathesis.py -v
 
 run: $(STAMP) ## database (embedded unless DATABASE_URL) + migrations + API on :8000 + one worker
 	$(PY) -m app run

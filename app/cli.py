@@ -18,8 +18,7 @@ from typing import Any
 
 import psycopg
 
-from skiplock import InvalidInput, Operations, SkiplockError, Worker, enqueue
-from skiplock.errors import translate
+from skiplock import InvalidInput, JobSpec, Operations, SkiplockError, Worker
 
 from . import migrate as migrations
 from .embedded_pg import PostgresNotFound
@@ -117,14 +116,6 @@ def _serving_database(settings: Settings) -> Iterator[str]:
             started.stop()
 
 
-async def _with_conn(url: str, fn: Any) -> Any:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        try:
-            return await fn(conn)
-        except psycopg.Error as exc:
-            raise translate(exc) from exc
-
-
 def _print(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
 
@@ -187,19 +178,18 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         job_args = json.loads(args.args)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--args is not valid JSON: {exc}", field="args") from None
-    options = {k: v for k, v in {"queue": args.queue, "priority": args.priority, "delay": args.delay,
-                                 "max_attempts": args.max_attempts,
-                                 "idempotency_key": args.idempotency_key}.items() if v is not None}
-    result = asyncio.run(_with_conn(_url(settings), lambda c: enqueue(
-        c, args.task, job_args, max_args_bytes=settings.max_args_bytes, **options)))
-    _print({"id": str(result.id), "created": result.created, "state": result.row.get("state")})
+    spec = JobSpec(args.task, job_args, queue=args.queue, priority=args.priority, delay=args.delay,
+                   max_attempts=args.max_attempts, idempotency_key=args.idempotency_key)
+    [job] = _ops(settings, lambda ops: ops.submit([spec], json_args=True),
+                 max_args_bytes=settings.max_args_bytes)
+    _print({"id": str(job.id), "created": job.created, "state": job.row.get("state")})
     return 0
 
 
-def _ops(settings: Settings, fn: Callable[[Operations], Awaitable[Any]]) -> Any:
+def _ops(settings: Settings, fn: Callable[[Operations], Awaitable[Any]], **kw: Any) -> Any:
     """Run one operation against the database in use."""
     async def go() -> Any:
-        async with Operations.connect(_url(settings), max_size=1) as ops:
+        async with Operations.connect(_url(settings), max_size=1, **kw) as ops:
             return await fn(ops)
     return asyncio.run(go())
 

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from . import db
-from .errors import InvalidInput, SkiplockError, translate
+from .errors import IdempotencyConflict, InvalidInput, SkiplockError, translate
 from .job import check_queue, priority_value, uuid7
 from .queries import jobs
 from .tasks import Task, TaskRegistry
@@ -57,8 +57,15 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     t: Task = reg.get(spec.task)
     args = t.validate(spec.args)
     # Serialised once: the size check and the INSERT use the same text (jsonb parses it).
-    args_json = json.dumps(args, separators=(",", ":"))  # ASCII (ensure_ascii): chars = bytes
-    size = len(args_json)
+    # The size is the UTF-8 bytes stored, not the length of \u escapes (ensure_ascii=False).
+    try:
+        args_json = json.dumps(args, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        size = len(args_json.encode())
+    except UnicodeEncodeError:  # a lone surrogate: not a character, so not storable text
+        raise InvalidInput("args hold a lone UTF-16 surrogate (\\ud800-\\udfff), which is not a character",
+                           field="args") from None
+    except ValueError:  # NaN or Infinity: not JSON, and jsonb refuses them
+        raise InvalidInput("args hold a number JSON cannot represent (NaN or Infinity)", field="args") from None
     if size > max_args_bytes:
         raise InvalidInput(f"args are {size} bytes; the limit is {max_args_bytes}", field="args", value=size)
     if spec.run_at is not None and spec.delay is not None:
@@ -77,6 +84,8 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
     timeout = t.timeout if spec.timeout is None else spec.timeout
     if timeout is not None and (not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout <= 0):
         raise InvalidInput(f"timeout must be a number of seconds > 0, not {timeout!r}", field="timeout")
+    if timeout is not None:
+        timeout = float(timeout)  # one type per column: a bulk's list of timeouts is sent as one array
     key = spec.idempotency_key
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
         raise InvalidInput("idempotency_key must be 1-255 characters", field="idempotency_key")
@@ -100,11 +109,58 @@ async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | N
                                correlation_id=correlation_id, now=now))[0]
 
 
+def _same_job(t: Task, spec: JobSpec, resolved: dict[str, Any], row: dict[str, Any]) -> bool:
+    """Whether a submission repeating an idempotency key asks for the job `row` stored under it.
+
+    Task, arguments and queue are always compared, the arguments as the task validates them
+    on both sides (a job stored from SQL with `{}` matches a repeat whose arguments take the
+    defaults); other options only when the submission states them: a task's defaults may
+    change between deploys, and a retried request must still find its job. `delay` is
+    relative to each submission's own time, so it is never compared."""
+    stated = [k for k in ("priority", "max_attempts", "timeout", "run_at", "batch_id") if getattr(spec, k) is not None]
+    if not all(row.get(k) == resolved[k] for k in ("task", "queue", *stated)):
+        return False
+    if bool(row.get("args") == resolved["args"]):
+        return True
+    try:
+        return bool(t.validate(row.get("args")) == resolved["args"])
+    except InvalidInput:  # stored arguments the task refuses (submitted from SQL) are another job
+        return False
+
+
+def _conflict(index: int | None, key: str, row: dict[str, Any], batch_index: int | None) -> IdempotencyConflict:
+    where = f"job {index}: " if index is not None else ""
+    if batch_index is not None:  # the other job is in the same request (and is not stored)
+        return IdempotencyConflict(f"{where}idempotency key {key!r} is also used by job {batch_index} of this "
+                                   "request, for a different job", field="idempotency_key",
+                                   details={"index": index, "same_key_as_index": batch_index})
+    details: dict[str, Any] = {"job_id": str(row["id"])}
+    if index is not None:
+        details["index"] = index
+    return IdempotencyConflict(f"{where}idempotency key {key!r} was already used for a different job {row['id']}",
+                               field="idempotency_key", details=details)
+
+
+def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry | None = None,
+                 max_args_bytes: int = MAX_ARGS_BYTES) -> None:
+    """Raise IdempotencyConflict unless `row`, stored under `spec`'s idempotency key, is the
+    job `spec` asks for (the rule every submission path applies)."""
+    reg = registry if registry is not None else default_registry
+    resolved = _resolve(spec, reg, max_args_bytes, None)
+    if not _same_job(reg.get(spec.task), spec, resolved, row):
+        raise _conflict(None, str(spec.idempotency_key), row, None)
+
+
 async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry: TaskRegistry | None = None,
                        max_args_bytes: int = MAX_ARGS_BYTES, correlation_id: str | None = None,
                        now: datetime | None = None, defer_notify: bool = False) -> list[Enqueued]:
     """Submit many jobs in one transaction: all are stored or none. A bad item raises
     InvalidInput with `details["index"]` naming it.
+
+    An idempotency key names one job per queue: a repeat that asks for the same job (see
+    `_same_job`) gets the stored one back (`created=False`); one that asks for a different
+    job, stored earlier or earlier in `specs`, raises IdempotencyConflict naming its index,
+    and nothing of the call is stored.
 
     `defer_notify=True` stores the jobs without waking sleeping workers: the caller promises
     to wake them after its transaction commits (skiplock.wakeup.Wakeups does). Use it only
@@ -120,17 +176,35 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
                 exc.message = f"job {i}: {exc.message}"
                 exc.args = (exc.message,)
             raise
-    # One INSERT statement stores every job or none (its trigger writes the history in the
-    # same statement), so no explicit transaction is needed: on an autocommit connection it
-    # is its own transaction, otherwise it joins the caller's, who commits or rolls back.
-    # The lookups of existing jobs for repeated idempotency keys only read.
     cid = correlation_id[:200] if correlation_id else None
     try:
         if len(rows) == 1:
-            return [await _insert_one(conn, rows[0], cid, defer_notify)]
-        return await _insert_many(conn, rows, cid, defer_notify)
+            job = await _insert_one(conn, rows[0], cid, defer_notify)
+            if not job.created and not _same_job(reg.get(specs[0].task), specs[0], rows[0], job.row):
+                raise _conflict(None, rows[0]["idempotency_key"], job.row, None)
+            return [job]
+        if all(r["idempotency_key"] is None for r in rows):
+            # One INSERT statement stores every job or none (its trigger writes the history in
+            # the same statement): on an autocommit connection it is its own transaction,
+            # otherwise it joins the caller's.
+            return await _insert_many(conn, rows, cid, defer_notify)
+        # A conflict is known only after the insert: the insert and the check share a
+        # transaction (a savepoint inside the caller's), so a refused call stores nothing.
+        async with conn.transaction():
+            jobs = await _insert_many(conn, rows, cid, defer_notify)
+            _check_repeats(reg, specs, rows, jobs)
+            return jobs
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+def _check_repeats(reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[str, Any]],
+                   jobs: list[Enqueued]) -> None:
+    """Raise for the first job whose key names a different job, stored before or in this call."""
+    own = {j.id: i for i, j in enumerate(jobs) if j.created}
+    for i, (spec, row, job) in enumerate(zip(specs, rows, jobs, strict=True)):
+        if not job.created and not _same_job(reg.get(spec.task), spec, row, job.row):
+            raise _conflict(i, row["idempotency_key"], job.row, own.get(job.id))
 
 
 async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None,
@@ -154,14 +228,18 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
         "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"]})
     created = {r["id"] for r in inserted}
+    repeats = [r for r in rows if r["id"] not in created]
+    # The jobs already holding the repeated keys (stored before, or by this very statement
+    # for a key given twice), read in one statement.
+    found = await jobs.find_by_idempotency_keys(conn, [r["queue"] for r in repeats],
+                                                [r["idempotency_key"] for r in repeats]) if repeats else []
+    holder = {(f["queue"], f["idempotency_key"]): f for f in found}
     out: list[Enqueued] = []
     for r in rows:
         if r["id"] in created:
             row = dict(r, state="queued")
             del row["args_json"]
             out.append(Enqueued(row, True))
-            continue
-        existing = await jobs.find_by_idempotency_key(conn, r["queue"], r["idempotency_key"])
-        assert existing is not None
-        out.append(Enqueued(existing, False))
+        else:
+            out.append(Enqueued(holder[(r["queue"], r["idempotency_key"])], False))
     return out

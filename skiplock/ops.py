@@ -16,8 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,10 +29,15 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
-from .errors import InvalidInput, JobNotFound, QueueNotEmpty, QueueNotFound, translate
+from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, check_repeat, enqueue_many
+from .errors import InvalidInput, JobNotFound, QueueFull, QueueNotEmpty, QueueNotFound, SkiplockError, translate
 from .job import STATES, check_queue, check_task_name
+from .limits import QueueLimits
 from .queries import api, jobs, queues, session, workers
 from .runtime.pruner import prune_finished_jobs
+from .tasks import TaskRegistry
+from .tasks import registry as default_registry
+from .wakeup import Wakeups
 
 Connect = Callable[[], AbstractAsyncContextManager[db.AsyncConn]]
 
@@ -44,18 +51,32 @@ def parse_job_id(value: str | uuid.UUID, field: str = "id") -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):
-        raise InvalidInput(f"{value!r} is not a job id (a UUID)", field=field) from None
+        kind = "job" if field == "id" else field
+        raise InvalidInput(f"{value!r} is not a {kind} id (a UUID)", field=field) from None
 
 
 def encode_cursor(job_id: uuid.UUID) -> str:
     return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
 
 
+CURSOR_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+"""A job cursor is a job id in unpadded URL-safe base64 (22 characters): base64 decoders skip
+other characters, so anything else is refused before decoding."""
+
+
 def decode_cursor(raw: str) -> uuid.UUID:
     try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        if not isinstance(raw, str) or not CURSOR_RE.match(raw):
+            raise ValueError(raw)
+        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
     except (binascii.Error, ValueError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+def _at_index(exc: SkiplockError, index: int) -> None:
+    exc.details["index"] = index
+    exc.message = f"job {index}: {exc.message}"
+    exc.args = (exc.message,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,24 +94,87 @@ class QueuePage:
 class Operations:
     """Inspect and steer jobs and queues (see the module docstring)."""
 
-    def __init__(self, connect: Connect, *, pool: AsyncConnectionPool | None = None) -> None:
+    def __init__(self, connect: Connect, *, pool: AsyncConnectionPool | None = None,
+                 registry: TaskRegistry | None = None, max_args_bytes: int = MAX_ARGS_BYTES,
+                 limits: QueueLimits | None = None, wakeups: Wakeups | None = None) -> None:
         self._connect = connect
         self._pool = pool
+        self.registry = registry if registry is not None else default_registry
+        self.max_args_bytes = max_args_bytes
+        self.limits = limits if limits is not None else QueueLimits()
+        self.wakeups = wakeups
 
     @classmethod
-    def from_pool(cls, pool: AsyncConnectionPool) -> Operations:
-        return cls(pool.connection, pool=pool)
+    def from_pool(cls, pool: AsyncConnectionPool, **kw: Any) -> Operations:
+        return cls(pool.connection, pool=pool, **kw)
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def connect(cls, url: str, *, max_size: int = 2) -> AsyncIterator[Operations]:
+    async def connect(cls, url: str, *, max_size: int = 2, **kw: Any) -> AsyncIterator[Operations]:
         """Operations over a small pool of their own, closed on exit."""
         pool = db.make_pool(url, min_size=1, max_size=max_size, name="skiplock-ops")
         await pool.open(wait=True)
         try:
-            yield cls.from_pool(pool)
+            yield cls.from_pool(pool, **kw)
         finally:
             await pool.close()
+
+    # -- submission ---------------------------------------------------------------------------
+    async def submit(self, specs: Sequence[JobSpec], *, correlation_id: str | None = None,
+                     json_args: bool = False) -> list[Enqueued]:
+        """Submit jobs from outside the caller's transaction (HTTP, CLI, your code): all or
+        none. Queue limits (`max_waiting`) hold exactly (QueueFull beyond them); a repeated
+        idempotency key gets its job back, or IdempotencyConflict for a different job, even
+        when its queue is full (the job needs no room). `json_args=True` checks arguments
+        strictly as JSON (`"7"` is not a number). With more than one spec, an error names the
+        job's position in `details["index"]`. Workers are woken after the commit when this
+        object has Wakeups (the HTTP API), else by the insert itself.
+
+        Inside your own transaction, use `skiplock.enqueue` / `enqueue_many` instead (no limits)."""
+        wanted: Counter[str] = Counter()
+        for i, spec in enumerate(specs):
+            try:
+                t = self.registry.get(spec.task)
+                if json_args:
+                    t.check_json_args(spec.args)
+                wanted[check_queue(spec.queue or t.queue)] += 1
+            except SkiplockError as exc:
+                if len(specs) > 1:
+                    _at_index(exc, i)
+                raise
+        deferred = self.wakeups is not None
+        async with self._conn() as conn:
+            try:
+                async with self.limits.reserve(conn, dict(wanted)):
+                    stored = await enqueue_many(conn, specs, registry=self.registry,
+                                                max_args_bytes=self.max_args_bytes, correlation_id=correlation_id,
+                                                defer_notify=deferred)
+            except QueueFull as full:
+                stored = await self._repeats_of_stored(conn, specs, full)
+            except SkiplockError as exc:
+                if len(specs) > 1:
+                    exc.details.setdefault("index", 0)
+                raise
+        if self.wakeups is not None:
+            self.wakeups.touch({j.row["queue"] for j in stored if j.created})  # committed: wake workers
+        return stored
+
+    async def _repeats_of_stored(self, conn: db.AsyncConn, specs: Sequence[JobSpec],
+                                 full: QueueFull) -> list[Enqueued]:
+        """A full queue refuses a submission unless every job it asks for is already stored
+        under its idempotency key (a client repeating a request whose answer it lost): then it
+        gets those jobs back (or IdempotencyConflict), not QueueFull."""
+        found: list[Enqueued] = []
+        for spec in specs:
+            if spec.idempotency_key is None:
+                raise full
+            queue = spec.queue or self.registry.get(spec.task).queue
+            existing = await jobs.find_by_idempotency_key(conn, queue, spec.idempotency_key)
+            if existing is None:
+                raise full
+            check_repeat(spec, existing, registry=self.registry, max_args_bytes=self.max_args_bytes)
+            found.append(Enqueued(existing, False))
+        return found
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[db.AsyncConn]:
@@ -191,6 +275,7 @@ class Operations:
                                 "pruned", field="name", details={"queue": name, "jobs": jobs_left})
         if not existed:
             raise QueueNotFound(f"no queue {name!r}", field="name", details={"queue": name})
+        self.limits.forget()
 
     async def queue_stats(self) -> list[dict[str, Any]]:
         """skiplock.queue_stats: counts by state per queue (what `skiplock status` prints)."""
@@ -216,6 +301,7 @@ class Operations:
         name = check_queue(name, field="name")
         async with self._conn() as conn:
             row = await api.set_max_waiting(conn, name, max_waiting)
+        self.limits.forget()
         assert row is not None
         return row
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import sys
 import typing
 from collections.abc import Callable, Iterable
@@ -97,6 +98,24 @@ class Task:
             raise InvalidArguments(f"invalid arguments for task {self.name!r}: {first['field']}: {first['message']}",
                                    field=first["field"], details={"errors": errors}) from None
 
+    def check_json_args(self, args: Any) -> None:
+        """Check arguments that arrived as JSON strictly: `true` or `"7"` is not a number and
+        `7` is not a string (`validate`, which stores them, would convert); `7.0` is the
+        integer 7, as in JSON Schema. For submitters speaking JSON (HTTP, the CLI), whose
+        values mean what they wrote."""
+        if not isinstance(args, dict):
+            raise InvalidArguments(f"args of task {self.name!r} must be a JSON object", field="args")
+        try:
+            self.model.model_validate_json(json.dumps(_integral_as_int(args)), strict=True)
+        except ValidationError as exc:
+            errors = [{"field": ".".join(str(x) for x in ("args", *e["loc"])), "message": e["msg"]}
+                      for e in exc.errors()]
+            first = errors[0]
+            raise InvalidArguments(f"invalid arguments for task {self.name!r}: {first['field']}: "
+                                   f"{first['message']}", field=first["field"], details={"errors": errors}) from None
+        except (TypeError, ValueError, RecursionError) as exc:  # not JSON, or nested beyond any use
+            raise InvalidArguments(f"args of task {self.name!r} are not storable JSON: {exc}", field="args") from None
+
     def call_kwargs(self, args: dict[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the handler, validated from the stored args."""
         instance = self.model_instance(args)
@@ -106,6 +125,17 @@ class Task:
 
     def json_schema(self) -> dict[str, Any]:
         return self.model.model_json_schema()
+
+
+def _integral_as_int(value: Any) -> Any:
+    """A copy with integral floats as ints (JSON Schema's integer includes 7.0), for the check only."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral_as_int(v) for v in value]
+    return value
 
 
 class TaskRegistry:

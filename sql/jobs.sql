@@ -54,6 +54,13 @@ SELECT pg_notify(%(channel)s, q) FROM unnest(%(queues)s::text[]) AS q;
 -- name: find_by_idempotency_key
 SELECT * FROM skiplock.jobs WHERE queue = %(queue)s AND idempotency_key = %(idempotency_key)s;
 
+-- name: find_by_idempotency_keys
+-- The jobs holding these (queue, key) pairs, for a bulk submission's repeated keys: one
+-- probe of the unique index per pair, in one statement.
+SELECT j.*
+  FROM unnest(%(queues)s::text[], %(idempotency_keys)s::text[]) AS k(queue, idempotency_key)
+  JOIN skiplock.jobs j ON j.queue = k.queue AND j.idempotency_key = k.idempotency_key;
+
 -- name: get_job
 SELECT * FROM skiplock.jobs WHERE id = %(id)s;
 

@@ -1,10 +1,9 @@
 """What the routes share: the pool (with outage tracking), settings, registry, the wake-ups
-sent after submissions commit, and the queue-limit check that runs around a submission."""
+sent after submissions commit, and the operations object every route calls."""
 
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -14,18 +13,13 @@ from starlette.requests import Request
 
 from app.settings import Settings
 from skiplock import db
-from skiplock.errors import InvalidInput, QueueFull
+from skiplock.errors import InvalidInput
 from skiplock.ops import Operations
-from skiplock.queries import api as api_queries
 from skiplock.tasks import TaskRegistry
 from skiplock.wakeup import Wakeups
 
 OUTAGE_WAIT = 1.0
 """Longest wait for a connection while the database is known to be down (seconds)."""
-
-LIMITS_TTL = 2.0
-"""How long the set of limited queues is cached (seconds)."""
-
 
 @dataclass
 class ApiState:
@@ -34,13 +28,13 @@ class ApiState:
     registry: TaskRegistry
     wakeups: Wakeups
     outage: bool = False
-    _limited: set[str] = field(default_factory=set)
-    _limited_at: float = -1e9
     ops: Operations = field(init=False)
 
     def __post_init__(self) -> None:
-        # Operations over this state's connections: an outage is tracked and answered 503.
-        self.ops = Operations(lambda: self.connection(), pool=self.pool)
+        # Operations over this state's connections (an outage is tracked and answered 503),
+        # waking workers after each submission commits.
+        self.ops = Operations(lambda: self.connection(), pool=self.pool, registry=self.registry,
+                              max_args_bytes=self.settings.max_args_bytes, wakeups=self.wakeups)
 
     @contextlib.asynccontextmanager
     async def connection(self, wait: float | None = None) -> AsyncIterator[db.AsyncConn]:
@@ -72,41 +66,6 @@ class ApiState:
             if conn is not None and conn.broken:
                 self.outage = True
             raise
-
-    async def limited_queues(self, conn: db.AsyncConn) -> set[str]:
-        """Queues that have a max_waiting, refreshed at most every LIMITS_TTL: submissions to
-        other queues pay nothing for the limit check."""
-        if time.monotonic() - self._limited_at > LIMITS_TTL:
-            self._limited = await api_queries.limited_queues(conn)
-            self._limited_at = time.monotonic()
-        return self._limited
-
-    def forget_limits(self) -> None:
-        self._limited_at = -1e9
-
-    @contextlib.asynccontextmanager
-    async def reserve(self, conn: db.AsyncConn, wanted: dict[str, int]) -> AsyncIterator[None]:
-        """Run the body (the insert) only if every limited queue has room for `wanted[queue]`
-        more waiting jobs, else raise QueueFull (429).
-
-        For limited queues the check and the body share one transaction holding the queues'
-        rows, so concurrent submitters cannot both see room for the last slot. Unlimited
-        queues keep the single-statement insert with no transaction around it.
-        """
-        known = await self.limited_queues(conn)
-        limited = sorted(q for q in wanted if q in known)
-        if not limited:
-            yield
-            return
-        async with conn.transaction():
-            limits = await api_queries.lock_limited_queues(conn, limited)
-            waiting = await api_queries.count_waiting_in(conn, list(limits)) if limits else {}
-            for queue, limit in limits.items():
-                now = waiting.get(queue, 0)
-                if now + wanted[queue] > limit:
-                    raise QueueFull(f"queue {queue!r} holds {now} waiting jobs; its limit is {limit}",
-                                    field="queue", details={"queue": queue, "waiting": now, "max_waiting": limit})
-            yield
 
 
 def query_int(params: Mapping[str, str], name: str, default: int) -> int:

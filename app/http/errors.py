@@ -104,8 +104,9 @@ def _bad_data(exc: psycopg.DataError) -> SkiplockError:
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     codes = {404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers) if exc.headers else {}
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                          headers=dict(exc.headers) if exc.headers else None)
+                          headers=headers or None)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
-from collections import Counter
+import re
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from skiplock.enqueue import Enqueued, JobSpec, enqueue_many
-from skiplock.errors import IdempotencyConflict, InvalidInput, JobNotFound, QueueFull
-from skiplock.job import STATES, check_queue, check_task_name, priority_value
-from skiplock.queries import jobs as job_queries
-from skiplock.queries import session
+from skiplock.enqueue import JobSpec
+from skiplock.errors import IdempotencyConflict, InvalidInput
 
 from .bodies import read_json, validate
-from .context import api, request_id
+from .context import api, query_int, request_id
 from .schemas import BulkIn, BulkOut, HistoryEntry, JobDetail, JobIn, JobOut, JobPage
 
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json", headers=headers)
+
+
+HEADER_KEY_RE = re.compile(r"^[!-~]([ -~]{0,253}[!-~])?$")
+"""An Idempotency-Key header: 1-255 printable ASCII characters (HTTP trims spaces at the ends)."""
 
 
 def _spec(body: JobIn, key: str | None) -> JobSpec:
@@ -32,174 +30,72 @@ def _spec(body: JobIn, key: str | None) -> JobSpec:
                    batch_id=body.batch_id)
 
 
-def _same_request(request: Request, row: dict[str, Any], body: JobIn) -> bool:
-    """Whether a repeated idempotent submission asks for the job that exists. Options the
-    request leaves unset are not compared: a task's defaults may change between deploys, and
-    a retried request must still find its job. `delay` is relative to each request's own
-    time, so it is not compared either."""
-    t = api(request).registry.get(body.task)
-    wanted: dict[str, Any] = {"task": t.name, "args": t.validate(body.args), "queue": body.queue or t.queue}
-    if body.priority is not None:
-        wanted["priority"] = priority_value(body.priority)
-    if body.max_attempts is not None:
-        wanted["max_attempts"] = body.max_attempts
-    if body.timeout is not None:
-        wanted["timeout"] = body.timeout
-    if body.run_at is not None:
-        wanted["run_at"] = body.run_at
-    if body.batch_id is not None:
-        wanted["batch_id"] = body.batch_id
-    return all(row.get(k) == v for k, v in wanted.items())
-
-
 async def submit(request: Request) -> Response:
     """POST /jobs: 201 new job; 200 the same job for a repeated Idempotency-Key; 409 if the
     key was used for a different job."""
     state = api(request)
     body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
     header_key = request.headers.get("idempotency-key")
+    if header_key is not None and not HEADER_KEY_RE.match(header_key):
+        raise InvalidInput("the Idempotency-Key header must be 1-255 printable ASCII characters",
+                           field="Idempotency-Key")
     if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    if key is not None and (not 1 <= len(key) <= 255 or "\x00" in key):
-        raise InvalidInput("Idempotency-Key must be 1-255 characters, without NUL", field="idempotency_key")
-    queue = body.queue or state.registry.get(body.task).queue
-    async with state.connection() as conn:
-        try:
-            async with state.reserve(conn, {queue: 1}):
-                [job] = await enqueue_many(conn, [_spec(body, key)], registry=state.registry,
-                                           max_args_bytes=state.settings.max_args_bytes,
-                                           correlation_id=request_id(request), defer_notify=True)
-            if job.created:
-                state.wakeups.touch([job.row["queue"]])  # committed: wake sleeping workers
-        except QueueFull:
-            # A client repeating a request whose answer it lost gets its job back (or a 409),
-            # not a 429: the job it asks for is already stored and needs no room.
-            existing = await job_queries.find_by_idempotency_key(conn, queue, key) if key is not None else None
-            if existing is None:
-                raise
-            job = Enqueued(existing, False)
+    [job] = await state.ops.submit([_spec(body, key)], correlation_id=request_id(request), json_args=True)
     out = JobOut.from_row(job.row)
-    if job.created:
-        return _json(out, 201, {"Location": f"/jobs/{out.id}"})
-    if not _same_request(request, job.row, body):
-        raise IdempotencyConflict(f"idempotency key {key!r} was already used for a different job {out.id}",
-                                  field="idempotency_key", details={"job_id": str(out.id)})
-    return _json(out, 200, {"Location": f"/jobs/{out.id}"})
+    return _json(out, 201 if job.created else 200, {"Location": f"/jobs/{out.id}"})
 
 
 async def submit_bulk(request: Request) -> Response:
-    """POST /jobs/bulk: all jobs in one transaction, or none (422 names the bad index)."""
+    """POST /jobs/bulk: all jobs in one transaction, or none (422 or 409 names the bad index).
+    Idempotency keys follow the rule of POST /jobs, item by item."""
     state = api(request)
-    data = await read_json(request, state.settings.max_body_bytes)
-    limit = state.settings.max_bulk_jobs
-    if isinstance(data, dict) and isinstance(data.get("jobs"), list) and len(data["jobs"]) > limit:
-        raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
-                           details={"limit": limit})
-    body = validate(BulkIn, data)
-    queues: Counter[str] = Counter()
-    for i, j in enumerate(body.jobs):
-        try:
-            queues[j.queue or state.registry.get(j.task).queue] += 1
-        except InvalidInput as exc:
-            exc.details.update(index=i, field=f"jobs.{i}.task")
-            raise
-    async with state.connection() as conn:
-        try:
-            async with state.reserve(conn, dict(queues)):
-                jobs: list[Enqueued] = await enqueue_many(
-                    conn, [_spec(j, j.idempotency_key) for j in body.jobs], registry=state.registry,
-                    max_args_bytes=state.settings.max_args_bytes, correlation_id=request_id(request),
-                    defer_notify=True)
-            state.wakeups.touch({j.row["queue"] for j in jobs if j.created})
-        except InvalidInput as exc:
-            exc.details.setdefault("index", 0)  # a bulk of one names its index too
-            raise
+    try:
+        data = await read_json(request, state.settings.max_body_bytes)
+        limit = state.settings.max_bulk_jobs
+        if isinstance(data, dict) and isinstance(data.get("jobs"), list) and len(data["jobs"]) > limit:
+            raise InvalidInput(f"at most {limit} jobs per request, got {len(data['jobs'])}", field="jobs",
+                               details={"limit": limit})
+        body = validate(BulkIn, data)
+        jobs = await state.ops.submit([_spec(j, j.idempotency_key) for j in body.jobs],
+                                      correlation_id=request_id(request), json_args=True)
+    except (InvalidInput, IdempotencyConflict) as exc:
+        index = re.match(r"^jobs\.([0-9]+)(\.|$)", exc.details.get("field") or "")
+        if index:  # the body's path names a job: say which, as the engine's refusals do
+            exc.details["index"] = int(index[1])
+        exc.details.setdefault("index", 0)  # a bulk of one names its index too
+        raise
     out = BulkOut(ids=[j.id for j in jobs], created=sum(1 for j in jobs if j.created))
     return _json(out, 201)
 
 
-def _job_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidInput(f"{raw!r} is not a job id (a UUID)", field="id") from None
-
-
 async def get_job(request: Request) -> Response:
-    state = api(request)
-    job_id = _job_id(request.path_params["job_id"])
-    async with state.connection() as conn:
-        row = await job_queries.get_job(conn, job_id)
-        if row is None:
-            raise JobNotFound(f"no job {job_id}", field="id")
-        history = await job_queries.get_history(conn, job_id)
-    out = JobDetail(**JobOut.from_row(row).model_dump(), history=[HistoryEntry(**h) for h in history])
-    return _json(out)
-
-
-def _cursor_encode(job_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(job_id.bytes).decode().rstrip("=")
-
-
-def _cursor_decode(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+    job = await api(request).ops.get_job(request.path_params["job_id"])
+    history = [HistoryEntry(**h) for h in job["history"]]
+    return _json(JobDetail(**JobOut.from_row(job).model_dump(), history=history))
 
 
 async def list_jobs(request: Request) -> Response:
-    """GET /jobs: newest first; `next_cursor` continues with older jobs (keyset on the
-    time-ordered id, so inserts during paging never shift or repeat a page)."""
+    """GET /jobs: newest first; `next_cursor` continues with older jobs."""
     p = request.query_params
-    unknown = set(p) - {"queue", "state", "task", "batch", "limit", "cursor"}
+    unknown = sorted(set(p) - {"queue", "state", "task", "batch", "limit", "cursor"})
     if unknown:
-        raise InvalidInput(f"unknown query parameter {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-    state_filter = p.get("state")
-    if state_filter is not None and state_filter not in STATES:
-        raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state", value=state_filter)
-    try:
-        limit = int(p.get("limit", "50"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 500:
-        raise InvalidInput("limit must be an integer from 1 to 500", field="limit")
-    queue = check_queue(p["queue"]) if "queue" in p else None
-    task = check_task_name(p["task"]) if "task" in p else None
-    batch = None
-    if "batch" in p:
-        try:
-            batch = uuid.UUID(p["batch"])
-        except ValueError:
-            raise InvalidInput("batch must be a UUID", field="batch") from None
-    before = _cursor_decode(p["cursor"]) if "cursor" in p else None
-    async with api(request).connection() as conn:
-        rows = await job_queries.list_jobs(conn, queue=queue, state=state_filter, task=task, batch_id=batch,
-                                          before=before, limit=limit + 1)
-    jobs = [JobOut.from_row(r) for r in rows[:limit]]
-    next_cursor = _cursor_encode(jobs[-1].id) if len(rows) > limit else None
-    return _json(JobPage(jobs=jobs, next_cursor=next_cursor))
-
-
-async def _transition(request: Request, action: Any) -> Response:
-    state = api(request)
-    job_id = _job_id(request.path_params["job_id"])
-    async with state.connection() as conn:
-        async with conn.transaction():
-            await session.set_correlation_id(conn, request_id(request))
-            await action(conn, job_id)
-        row = await job_queries.get_job(conn, job_id)
-    assert row is not None
-    return _json(JobOut.from_row(row))
+        raise InvalidInput(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    page = await api(request).ops.list_jobs(queue=p.get("queue"), state=p.get("state"), task=p.get("task"),
+                                            batch=p.get("batch"), limit=query_int(p, "limit", 50),
+                                            cursor=p.get("cursor"))
+    return _json(JobPage(jobs=[JobOut.from_row(r) for r in page.jobs], next_cursor=page.next_cursor))
 
 
 async def cancel(request: Request) -> Response:
     """POST /jobs/{id}/cancel: queued or running → cancelled; 409 otherwise."""
-    return await _transition(request, job_queries.cancel_job)
+    job = await api(request).ops.cancel(request.path_params["job_id"], correlation_id=request_id(request))
+    return _json(JobOut.from_row(job))
 
 
 async def retry(request: Request) -> Response:
     """POST /jobs/{id}/retry: failed or cancelled → queued with fresh attempts; 409 otherwise."""
-    return await _transition(request, job_queries.retry_job)
+    job = await api(request).ops.retry(request.path_params["job_id"], correlation_id=request_id(request))
+    return _json(JobOut.from_row(job))

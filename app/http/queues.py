@@ -7,7 +7,6 @@ that is the listing's paging and DELETE /queues/{name}."""
 
 from __future__ import annotations
 
-from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,14 +15,9 @@ from skiplock.job import check_queue
 
 from .bodies import read_json, validate
 from .context import api, query_int
-from .schemas import QueueLimits, QueueList, QueueOut, QueueState
+from .schemas import QueueLimits, QueueOut, QueuePage, QueueState
 
 DEFAULT_LIMIT = 100
-
-
-class QueuePage(QueueList):
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page (queues in name order); "
-                                                "null at the end")
 
 
 def _json(model: QueuePage | QueueState) -> Response:
@@ -55,7 +49,6 @@ async def set_limits(request: Request) -> Response:
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
     row = await state.ops.set_queue_limits(name, max_waiting=body.max_waiting)
-    state.forget_limits()
     return _json(QueueState(**row))
 
 
@@ -63,5 +56,4 @@ async def delete(request: Request) -> Response:
     """DELETE /queues/{name}: 204, its settings forgotten; 409 while jobs name it; 404 unknown."""
     state = api(request)
     await state.ops.delete_queue(request.path_params["name"])
-    state.forget_limits()
     return Response(status_code=204)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from skiplock.job import PRIORITY_NAMES
 
@@ -15,28 +16,52 @@ StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 NO_NUL = r"^[^\x00]*$"
-"""PostgreSQL cannot store NUL characters in text or jsonb: refuse them as bad input."""
+"""PostgreSQL cannot store NUL characters in text or jsonb (bodies.py refuses them anywhere
+in a body; the pattern says so in /openapi.json)."""
+
+RFC3339 = re.compile(r"^(?!0000-|0001-|9999-)[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3])"
+                     r":[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+"""run_at's form: RFC 3339 with a time zone, in years 0002-9998 (a time zone can carry years 1
+and 9999 outside what Python and PostgreSQL both hold, so they are refused whole)."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, and no coercion between JSON types (`true` or
+    `"7"` is not a number, `7` is not a string)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _has_nul(value: Any) -> bool:
-    """Whether a NUL character is in any string or key of a JSON value (iterative: nesting
-    depth is the client's choice)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                return True
-        elif isinstance(v, dict):
-            stack.extend(v.keys())
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return False
+def _rfc3339(v: Any) -> Any:
+    """Only an RFC 3339 string is a time: not a number of seconds, nor a bare date."""
+    if not isinstance(v, str) or not RFC3339.match(v):
+        raise ValueError("must be an RFC 3339 date-time with a time zone in years 0002-9998, "
+                         "e.g. 2030-01-01T09:00:00Z")
+    return v
+
+
+def _json_number(v: Any) -> Any:
+    """A JSON number only: `true` and `"7"` are not numbers. 7.0 is the integer 7 (as in JSON
+    Schema), 7.5 is not an integer."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError("must be a JSON number")
+    return v
+
+
+def _uuid_text(v: Any) -> Any:
+    if not isinstance(v, str):
+        raise ValueError("must be a UUID string")
+    return v
+
+
+# JSON has no date or UUID type: these fields take strings, parsed (strict=False) from text only.
+Rfc3339 = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_rfc3339)]
+UuidText = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)]
+
+# Integers given as JSON numbers (bounds and strict=False in one Field, so that the JSON
+# schema keeps the bounds as minimum and maximum).
+Attempts = Annotated[int, Field(strict=False, ge=1, le=1000), BeforeValidator(_json_number)]
+WaitingLimit = Annotated[int, Field(strict=False, ge=1, le=1_000_000_000), BeforeValidator(_json_number)]
 
 
 class JobIn(Strict):
@@ -46,20 +71,13 @@ class JobIn(Strict):
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments, checked against the task")
     queue: str | None = Field(default=None, min_length=1, max_length=63)
     priority: Priority | None = None
-    run_at: AwareDatetime | None = Field(default=None, description="When to run; give run_at or delay")
+    run_at: Rfc3339 | None = Field(default=None, description="When to run; give run_at or delay")
     delay: float | None = Field(default=None, ge=0, le=366 * 86400, description="Seconds from now")
-    max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    max_attempts: Attempts | None = None
     timeout: float | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds per attempt")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
                                         description="Same as the Idempotency-Key header")
-    batch_id: uuid.UUID | None = None
-
-    @field_validator("args")
-    @classmethod
-    def _args_storable(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if _has_nul(v):
-            raise ValueError("must not contain NUL (\\u0000) characters, which PostgreSQL cannot store")
-        return v
+    batch_id: UuidText | None = None
 
     @field_validator("run_at")
     @classmethod
@@ -144,12 +162,15 @@ class QueueOut(BaseModel):
     finished_last_minute: int
 
 
-class QueueList(BaseModel):
+class QueuePage(BaseModel):
     queues: list[QueueOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page (queues in name order); "
+                                                "null at the end")
 
 
 class QueueLimits(Strict):
-    max_waiting: int | None = Field(ge=1, le=1_000_000_000, description="Most waiting jobs; null = no limit")
+    max_waiting: WaitingLimit | None = Field(
+        description="Most waiting jobs; null = no limit")
 
 
 class QueueState(BaseModel):

@@ -44,4 +44,5 @@ async def tasks(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(spec())
+    state = api(request)
+    return JSONResponse(spec(state.settings, state.registry))

@@ -41,6 +41,13 @@ async def find_by_idempotency_key(conn: AsyncConn, queue: str, idempotency_key: 
     return await fetch_one(conn, "find_by_idempotency_key", {"queue": queue, "idempotency_key": idempotency_key})
 
 
+async def find_by_idempotency_keys(conn: AsyncConn, queues: Sequence[str],
+                                   idempotency_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The jobs holding these (queue, key) pairs, in one statement."""
+    return await fetch_all(conn, "find_by_idempotency_keys", {"queues": list(queues),
+                                                               "idempotency_keys": list(idempotency_keys)})
+
+
 async def get_job(conn: AsyncConn, job_id: uuid.UUID) -> dict[str, Any] | None:
     return await fetch_one(conn, "get_job", {"id": job_id})
 

@@ -4,8 +4,9 @@ is buffered, so under load batches grow by themselves while idle latency stays o
 trip. An outcome the database did not confirm stays buffered and is retried; so does one
 whose row another transaction has locked (a handler that returned with its own row locked):
 it is skipped, not waited for, so that the other jobs' acknowledgements still land, and sent
-again with the next flush, at the latest after LOCKED_RETRY seconds (a lock held only briefly, by the rescuer or the heartbeat, costs no more). It is still held
-meanwhile: the heartbeat renews its lease like a running job's.
+again with the next flush, at the latest after LOCKED_RETRY seconds (so a lock held only
+briefly, by the rescuer or the heartbeat, costs little). It is still held meanwhile: the
+heartbeat renews its lease like a running job's.
 
 Values are checked before they are buffered (skiplock.storable). Should the database still
 refuse a batch for its content (a data exception, not a lost connection), the batch is split

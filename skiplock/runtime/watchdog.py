@@ -76,6 +76,7 @@ class Watchdog(ThreadService):
         self._stall_since: float | None = None  # what run_once() knows of the current stall
         self._culprit: JobRef | None = None
         self._interrupted_at = 0.0
+        self._looked = time.monotonic()  # when run_once() last looked
 
     # -- process mode ----------------------------------------------------------------------
     def own_process(self) -> None:
@@ -108,6 +109,7 @@ class Watchdog(ThreadService):
         if self._ticker is None:
             self.tick = time.monotonic()
             self._ticker = asyncio.create_task(self._tick(), name="skiplock.watchdog-tick")
+        self._looked = time.monotonic()
         super().start()
 
     async def stop(self) -> None:
@@ -143,6 +145,13 @@ class Watchdog(ThreadService):
     def run_once(self) -> None:
         """One look: the stop deadline, then whether the loop is blocked, by whom, and for how long."""
         now = time.monotonic()
+        if now - self._looked > STALL_AFTER:
+            # This thread did not run either: the whole process was paused (SIGSTOP, a
+            # suspended VM) or starved of CPU. Not the loop's fault: measure afresh, or a
+            # process resumed after a lease would take itself for wedged and exit.
+            self.tick = now
+            self._stall_since, self._culprit = None, None
+        self._looked = now
         if self._deadline is not None and now > self._deadline:
             self.exit(EXIT_FORCED, f"still running {self.grace_seconds + SHUTDOWN_BOUND:g}s after the stop "
                                    "signal (grace period + bound)")

@@ -109,3 +109,37 @@ def test_health_with_worker_is_healthy_only_while_a_worker_of_this_host_heartbea
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
     assert cli(["health", "--worker"], env, check=False).returncode == 1  # unregistered on exit
+
+
+def test_a_worker_frozen_longer_than_its_lease_carries_on_when_resumed(db_url, tmp_path: Path):
+    """SIGSTOP stops the watchdog's thread too: a paused process is not a blocked loop."""
+    enqueue_sql(db_url, "sleep", "jsonb_build_object('seconds', 1)", 3)
+    env = skiplock_env(db_url, lease_seconds=3, poll_interval=0.2, grace_seconds=2)
+    worker = start(["worker"], env, tmp_path / "w.log")
+    try:
+        wait_for(lambda: counts(db_url).get("running") == 3, 30, "3 running jobs")
+        worker.send_signal(signal.SIGSTOP)
+        time.sleep(3 * 2)  # two leases
+        worker.send_signal(signal.SIGCONT)
+        time.sleep(3)
+        assert worker.poll() is None, (tmp_path / "w.log").read_text()[-2000:]
+        enqueue_sql(db_url, "echo", "jsonb_build_object('message', 'after')", 1)
+        wait_for(lambda: scalar(db_url, "SELECT count(*) FROM skiplock.jobs WHERE task = 'echo' "
+                                        "AND state = 'succeeded'") == 1, 30, "a job submitted after the pause")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(30)
+    assert code == 0, (tmp_path / "w.log").read_text()[-2000:]
+    assert "wedged" not in (tmp_path / "w.log").read_text()
+
+
+def test_cli_enqueue_holds_the_queue_limit_and_checks_json_types(db_url):
+    env = skiplock_env(db_url)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("INSERT INTO skiplock.queues (name, max_waiting) VALUES ('mail', 1)")
+    assert cli(["enqueue", "echo", "--args", '{"message": "a"}', "--queue", "mail"], env).returncode == 0
+    full = cli(["enqueue", "echo", "--args", '{"message": "b"}', "--queue", "mail"], env, check=False)
+    assert full.returncode == 2 and "its limit is 1" in full.stderr
+    typed = cli(["enqueue", "echo", "--args", '{"message": 7}'], env, check=False)
+    assert typed.returncode == 2 and "args.message" in typed.stderr
+    assert counts(db_url) == {"queued": 1}

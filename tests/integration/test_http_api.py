@@ -66,7 +66,7 @@ def test_submit_inspect_and_history_with_request_id(client: TestClient):
     ({"task": "echo", "args": {"message": "x" * 300_000}}, "args"),
     ([1, 2], "body"),
     # values PostgreSQL cannot hold: refused up front, naming the field, never a 500
-    ({"task": "echo", "args": {"message": "nul\x00"}}, "args"),
+    ({"task": "echo", "args": {"message": "nul\x00"}}, "args.message"),
     ({"task": "echo", "args": {"message": "x"}, "idempotency_key": "nul\x00"}, "idempotency_key"),
     ({"task": "echo", "args": {"message": "x"}, "run_at": "0001-01-01T00:00:00+14:00"}, "run_at"),
     ({"task": "webhook", "args": {"url": "http://x", "payload": NESTED_500}}, "body"),

@@ -20,6 +20,7 @@ import app.tasks  # noqa: F401 - registers the example tasks
 from app.http import create_app, queues, schemas
 from app.http.openapi import spec
 from app.settings import Settings
+from skiplock.tasks import registry
 
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -61,7 +62,7 @@ def raw(body: Any) -> bytes:
 MODELS = {name: m for mod in (schemas, queues) for name, m in vars(mod).items()
           if isinstance(m, type) and issubclass(m, BaseModel)}
 OPERATIONS = [(re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"), path, ops)
-              for path, ops in spec()["paths"].items()]
+              for path, ops in spec(Settings(database_url="postgresql://unused"), registry)["paths"].items()]
 
 
 def documented(method: str, path: str) -> dict[str, Any] | None:

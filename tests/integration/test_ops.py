@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import app.tasks  # noqa: F401 - registers the example tasks (echo)
 from skiplock import InvalidInput, InvalidTransition, JobNotFound, Operations
 
 
@@ -65,3 +66,26 @@ def test_queues_pause_resume_limits_and_prune(db_url, make_job, pg_conn):
                    tzinfo=__import__("datetime").timezone.utc))
     assert ops_run(db_url, lambda o: o.prune(older_than_seconds=3600)) == 1
     assert pg_conn.execute("SELECT count(*) FROM skiplock.jobs WHERE id = %s", (old,)).fetchone()[0] == 0
+
+
+def test_submit_holds_queue_limits_and_gives_a_repeat_its_job_even_when_full(db_url, pg_conn):
+    from skiplock import IdempotencyConflict, JobSpec, QueueFull
+
+    async def go() -> None:
+        async with Operations.connect(db_url, max_size=8) as ops:
+            await ops.set_queue_limits("mail", max_waiting=3)
+            spec = JobSpec("echo", {"message": "x"}, queue="mail", idempotency_key="k1")
+            [first] = await ops.submit([spec])
+            results = await asyncio.gather(*(ops.submit([JobSpec("echo", {"message": str(i)}, queue="mail")])
+                                             for i in range(10)), return_exceptions=True)
+            assert sum(1 for r in results if isinstance(r, QueueFull)) == 8  # 1 + 2 fit under the limit of 3
+            [again] = await ops.submit([spec])  # full, but the job it asks for is stored
+            assert (again.id, again.created) == (first.id, False)
+            with pytest.raises(IdempotencyConflict):
+                await ops.submit([JobSpec("echo", {"message": "other"}, queue="mail", idempotency_key="k1")])
+            with pytest.raises(InvalidInput, match="job 1: .*args.message"):
+                await ops.submit([JobSpec("echo", {"message": "a"}), JobSpec("echo", {"message": 7})],
+                                 json_args=True)
+
+    asyncio.run(go())
+    assert pg_conn.execute("SELECT count(*) FROM skiplock.jobs WHERE queue = 'mail'").fetchone()[0] == 3
