@@ -96,7 +96,9 @@ def audit(url: str, accepted: Iterable[uuid.UUID], disrupted: Collection[str], *
             result.lost.append(f"{i} ({state}, {len(starts.get(i, ()))} starts)")
             continue
         for kind, seen in (("start", starts.get(i, [])), ("end", ends.get(i, []))):
-            for attempt, worker in seen[:-1]:  # every execution but the last was repeated
+            # every execution but the last attempt's was repeated; by attempt, not ledger order: a
+            # frozen worker's start of attempt 1 may be written after the rescuing worker's attempt 2
+            for attempt, worker in sorted(seen, key=lambda s: s[0])[:-1]:
                 if worker in disrupted or (allow_failed_attempts and (i, attempt, worker) in failed_attempts) \
                         or (i, attempt, worker) in unclaimed:
                     continue
