@@ -73,7 +73,7 @@ def query_int(params: Mapping[str, str], name: str, default: int) -> int:
     raw = params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # "²".isdigit() is true
         raise InvalidInput(f"{name} must be a whole number, not {raw[:40]!r}", field=name)
     return int(raw)
 
