@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .backoff import DEFAULT_BACKOFF, Backoff
 from .context import JobContext
+from .cron import Schedule
 from .errors import InvalidArguments, InvalidInput, UnknownTask
 from .job import check_queue, check_task_name, priority_value
 
@@ -143,6 +144,8 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self.schedules: dict[str, Schedule] = {}
+        """Schedules defined in code (name -> Schedule): each worker writes them to skiplock.schedules."""
 
     def add(self, t: Task) -> Task:
         existing = self._tasks.get(t.name)
@@ -150,6 +153,13 @@ class TaskRegistry:
             raise InvalidInput(f"task {t.name!r} is registered twice", field="name", value=t.name)
         self._tasks[t.name] = t
         return t
+
+    def add_schedule(self, s: Schedule) -> Schedule:
+        existing = self.schedules.get(s.name)
+        if existing is not None and existing != s:
+            raise InvalidInput(f"schedule {s.name!r} is defined twice", field="name", value=s.name)
+        self.schedules[s.name] = s
+        return s
 
     def get(self, name: str) -> Task:
         try:
@@ -186,11 +196,15 @@ def task(
     max_attempts: int = 3,
     timeout: float | None = None,
     retry: Backoff | None = None,
+    schedule: str | None = None,
+    timezone: str = "UTC",
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an async or sync function as a task handler.
 
     `retry` sets the backoff between attempts; raise NonRetryableError to fail at once.
+    `schedule` (a cron expression, read in `timezone`) also enqueues one job of this task,
+    without arguments, per tick: a schedule named after the task (see `skiplock.schedule`).
     The function stays callable as before; its Task is on `fn.task`.
     """
     target = registry if registry is not None else globals()["registry"]
@@ -198,8 +212,33 @@ def task(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         t = Task(name=name or fn.__name__, fn=fn, queue=queue, priority=priority, max_attempts=max_attempts,
                  timeout=timeout, retry=retry or DEFAULT_BACKOFF, localns=dict(sys._getframe(1).f_locals))
+        if schedule is not None:
+            t.validate({})  # a scheduled job has no arguments: every parameter needs a default
+            target.add_schedule(Schedule(name=t.name, task=t.name, cron=schedule, timezone=timezone))
         target.add(t)
         fn.task = t  # type: ignore[attr-defined]
         return fn
 
     return decorate
+
+
+def schedule(name: str, task: str | Task | Callable[..., Any], cron: str, *, args: dict[str, Any] | None = None,
+             timezone: str = "UTC", queue: str | None = None, priority: str | None = None,
+             registry: TaskRegistry | None = None) -> Schedule:
+    """Enqueue one job of `task` with `args` per tick of `cron` (5 fields, or 6 with seconds
+    first) in `timezone`. Every worker runs the scheduler and writes the schedules of its code
+    to skiplock.schedules; exactly one job is enqueued per tick, and after downtime one
+    catch-up job for the ticks missed. Arguments are checked against the task when the worker
+    that writes the schedule has it."""
+    target = registry if registry is not None else globals()["registry"]
+    if isinstance(task, Task):
+        task_name = task.name
+    elif callable(task):
+        found = getattr(task, "task", None)
+        if not isinstance(found, Task):
+            raise InvalidInput(f"schedule {name!r}: {task!r} is not a @task handler", field="task")
+        task_name = found.name
+    else:
+        task_name = task
+    return target.add_schedule(Schedule(name=name, task=task_name, cron=cron, timezone=timezone,
+                                        args=dict(args or {}), queue=queue, priority=priority))
