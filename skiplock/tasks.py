@@ -17,13 +17,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PydanticSchemaGenerationError,
+    PydanticUserError,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticSerializationError
 
 from .backoff import DEFAULT_BACKOFF, Backoff
 from .context import JobContext
 from .cron import Schedule
 from .errors import InvalidArguments, InvalidInput, UnknownTask
 from .job import check_queue, check_task_name, priority_value
+from .storable import InvalidResult, merged_key
 
 
 @dataclass
@@ -41,7 +50,10 @@ class Task:
     wraps_model: bool = field(init=False, default=False)
     context_param: str | None = field(init=False, default=None)
     is_async: bool = field(init=False, default=False)
+    result_adapter: TypeAdapter[Any] | None = field(init=False, default=None, repr=False)
+    """Validates results against the handler's return annotation (None: untyped, today's rules)."""
     localns: dict[str, Any] | None = field(default=None, repr=False)
+    result_type: str = field(init=False, default="", repr=False)
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -60,6 +72,7 @@ class Task:
     def _build_model(self) -> None:
         # localns: names visible where @task was applied (a model defined in a function body)
         hints = typing.get_type_hints(self.fn, localns=self.localns, include_extras=True)
+        self._build_result_adapter(hints)
         fields: dict[str, Any] = {}
         params = list(inspect.signature(self.fn).parameters.values())
         for p in params:
@@ -78,6 +91,45 @@ class Task:
                 return
         config = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
         self.model = pydantic.create_model(f"{self.name}_args", __config__=config, **fields)
+
+    def _build_result_adapter(self, hints: dict[str, Any]) -> None:
+        """A return annotation pydantic can validate types the result; none, `Any` or `object`
+        leave it untyped, and so does a class pydantic knows nothing of (its instances are no
+        JSON, so today's rules refuse them anyway)."""
+        ann = hints.get("return", Any)
+        if ann is Any or ann is object:
+            return
+        try:
+            self.result_adapter = TypeAdapter(ann)
+        except PydanticSchemaGenerationError:
+            return
+        except PydanticUserError as exc:  # e.g. typing.TypedDict before Python 3.12
+            raise InvalidInput(f"task {self.name!r}: its return annotation cannot be validated: {exc.message}",
+                               field="return") from None
+        self.result_type = _type_name(ann)
+
+    def result_data(self, result: Any) -> Any:
+        """A typed handler's result, validated against its return annotation (strictly: the
+        handler returns what it says, nothing is converted but a dict into a model) and
+        serialised as pydantic does for JSON; InvalidResult saying why not."""
+        assert self.result_adapter is not None
+        try:
+            value = self.result_adapter.validate_python(result, strict=True)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise InvalidResult(f"returned {type(result).__name__}, which does not match its return annotation "
+                                f"{self.result_type}: {where + ': ' if where else ''}{first['msg']}") from None
+        try:
+            # Python keys first: JSON would merge 1 and "1" into one key and lose a value.
+            clash = merged_key(self.result_adapter.dump_python(value, warnings="error"))
+            if clash is not None:
+                raise InvalidResult(f"returned an object with two keys that JSON stores as the same key {clash!r}; "
+                                    "one value would be lost")
+            return self.result_adapter.dump_python(value, mode="json", warnings="error")
+        except (PydanticSerializationError, ValueError, TypeError, RecursionError) as exc:
+            raise InvalidResult(f"returned {type(result).__name__}, which cannot be serialised as its return "
+                                f"annotation {self.result_type}: {str(exc).strip()}") from None
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` and return them as JSON-ready data (what is stored)."""
@@ -126,6 +178,15 @@ class Task:
 
     def json_schema(self) -> dict[str, Any]:
         return self.model.model_json_schema()
+
+
+def _type_name(ann: Any) -> str:
+    """`list[int]`, `Report`: a return annotation as written."""
+    if ann is type(None):
+        return "None"
+    if isinstance(ann, type) and not typing.get_args(ann):
+        return ann.__name__
+    return repr(ann).replace("typing.", "")
 
 
 def _integral_as_int(value: Any) -> Any:
