@@ -28,7 +28,6 @@ _LEVELS = {
     "skiplock.worker.summary": logging.INFO,
     "skiplock.worker.db_error": logging.WARNING,
     "skiplock.api.db_error": logging.WARNING,
-    "skiplock.schedule.enqueued": logging.INFO,
     "skiplock.schedule.broken": logging.WARNING,
 }
 

@@ -301,5 +301,11 @@ def schedule(name: str, task: str | Task | Callable[..., Any], cron: str, *, arg
         task_name = found.name
     else:
         task_name = task
-    return target.add_schedule(Schedule(name=name, task=task_name, cron=cron, timezone=timezone,
-                                        args=dict(args or {}), queue=queue, priority=priority))
+    s = Schedule(name=name, task=task_name, cron=cron, timezone=timezone, args=dict(args or {}), queue=queue,
+                 priority=priority)
+    if task_name in target:  # else checked by the worker that has the task, when it writes the schedule
+        try:
+            target.get(task_name).validate(s.args)
+        except InvalidInput as exc:
+            raise type(exc)(f"schedule {name!r}: {exc.message}", field=exc.field, details=exc.details) from None
+    return target.add_schedule(s)

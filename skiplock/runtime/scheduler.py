@@ -55,11 +55,16 @@ class Round:
 
 def code_rows(registry: TaskRegistry) -> dict[str, list[object]]:
     """The registry's schedules as the columns of upsert_code_schedules: arguments checked
-    and queue and priority resolved from the task where this process has it."""
+    and queue and priority resolved from the task where this process has it. A schedule whose
+    arguments its task refuses is left out (and logged)."""
     cols: dict[str, list[object]] = {k: [] for k in ("names", "tasks", "crons", "timezones", "args", "queues",
                                                      "priorities")}
     for s in registry.schedules.values():
-        args, queue, priority = _resolved(registry, s)
+        try:
+            args, queue, priority = _resolved(registry, s)
+        except SkiplockError as exc:  # this schedule only: the others are still written and run
+            emit("skiplock.schedule.broken", schedule=s.name, error=exc.message)
+            continue
         for k, v in zip(cols, (s.name, s.task, s.cron, s.timezone, db.jsonb(args), queue, priority), strict=True):
             cols[k].append(v)
     return cols

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from skiplock import InvalidInput, TaskRegistry, schedule, task
+from skiplock import InvalidArguments, InvalidInput, TaskRegistry, schedule, task
 from skiplock.cron import due_tick, next_after, tick_key
+from skiplock.runtime.scheduler import code_rows
 
 PARIS = "Europe/Paris"
 
@@ -104,3 +105,18 @@ def test_definitions_are_checked_where_they_are_written():
     assert (s.task, s.args, s.priority) == ("report", {"day": "yesterday"}, "high")
     with pytest.raises(InvalidInput):  # one name, two definitions
         schedule("report-daily", report, "0 7 * * *", registry=reg)
+    with pytest.raises(InvalidArguments, match="schedule 'typo': invalid arguments for task 'report'") as bad_args:
+        schedule("typo", report, "0 7 * * *", args={"dya": "today"}, registry=reg)
+    assert bad_args.value.field == "args.dya" and "typo" not in reg.schedules
+
+
+def test_a_schedule_whose_task_refuses_its_arguments_is_left_out_of_the_rows_a_worker_writes():
+    reg = TaskRegistry()
+    schedule("early", "defined_later", "0 * * * *", args={"n": "x"}, registry=reg)  # the task is not known yet
+    schedule("fine", "defined_later", "0 * * * *", args={"n": 2}, registry=reg)
+
+    @task(registry=reg, queue="later", priority="low")
+    async def defined_later(n: int) -> None: ...
+
+    rows = code_rows(reg)
+    assert rows["names"] == ["fine"] and (rows["queues"], rows["priorities"]) == (["later"], ["low"])
