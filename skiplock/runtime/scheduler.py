@@ -33,6 +33,9 @@ from .service import Service
 
 log = logging.getLogger("skiplock")
 
+HELD_WAIT = 0.05
+"""Seconds before looking again at a due schedule another scheduler has locked."""
+
 BATCH = 100
 """Schedules handled per round's transaction; a full batch starts the next round at once."""
 
@@ -119,15 +122,17 @@ class Scheduler(Service):
                     fired = await self._advance(conn, row)
                     if fired is not None:
                         result.fired.append(fired)
-            if len(due) == BATCH:
-                return result  # more are due: no wait
-            nxt = await schedules.next_schedule_due(conn, now)
-        result.wait = self.interval
-        if nxt["next_run_at"] is not None and not nxt["uncomputed"]:
-            result.wait = min(self.interval, max(0.0, (nxt["next_run_at"] - nxt["now"]).total_seconds()))
+            nxt = None if len(due) == BATCH else await schedules.next_schedule_due(conn, now)
         for f in result.fired:
             emit("skiplock.schedule.enqueued", schedule=f.name, tick=f.tick.isoformat(), job_id=f.job_id,
                  catch_up=f.catch_up)
+        if nxt is None:
+            return result  # a full batch: more may be due, no wait
+        result.wait = self.interval
+        if nxt["next_run_at"] is not None and not nxt["uncomputed"]:
+            until = (nxt["next_run_at"] - nxt["now"]).total_seconds()
+            # Due already yet not ours: another scheduler holds it and is enqueueing it now.
+            result.wait = min(self.interval, until if until > 0 else HELD_WAIT)
         return result
 
     async def _advance(self, conn: db.AsyncConn, row: dict[str, object]) -> Fired | None:
