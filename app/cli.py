@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
     qsub = qu.add_subparsers(dest="queue_command", required=True)
     qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
     qd.add_argument("name")
+    sc = sub.add_parser("schedule", help="cron schedules: list, show, pause, resume")
+    ssub = sc.add_subparsers(dest="schedule_command", required=True)
+    ssub.add_parser("list", help="every schedule with its next run")
+    for name, text in (("show", "one schedule"), ("pause", "enqueue nothing for it until resumed"),
+                       ("resume", "enqueue its ticks again, from now on")):
+        ssub.add_parser(name, help=text).add_argument("name")
     sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     return p
@@ -256,6 +262,36 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    if args.schedule_command == "list":
+        rows = _ops(settings, lambda ops: ops.schedules())
+        cols = ["name", "task", "cron", "timezone", "paused", "next_run_at", "last_tick_at", "error"]
+        table = [[_cell(r[c]) for c in cols] for r in rows]
+        widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(cols)]
+        for row in [cols, *table]:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if not rows:
+            print("(no schedules)")
+        return 0
+    if args.schedule_command == "show":
+        _print(_ops(settings, lambda ops: ops.get_schedule(args.name)))
+        return 0
+    action = {"pause": lambda ops: ops.pause_schedule(args.name),
+              "resume": lambda ops: ops.resume_schedule(args.name)}[args.schedule_command]
+    row = _ops(settings, action)
+    state = "paused" if row["paused"] else f"active, next run {_cell(row['next_run_at'])}"
+    print(f"skiplock: schedule {row['name']} is {state}")
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
 def cmd_url(args: argparse.Namespace, settings: Settings) -> int:
     print(_url(settings))
     return 0
@@ -337,5 +373,5 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "queue": cmd_queue, "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
+    "queue": cmd_queue, "schedule": cmd_schedule, "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
 }

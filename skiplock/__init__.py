@@ -10,6 +10,7 @@
 
 from .backoff import Backoff
 from .context import JobContext
+from .cron import Schedule
 from .enqueue import Enqueued, JobSpec, enqueue, enqueue_many
 from .errors import (
     DatabaseUnavailable,
@@ -21,17 +22,19 @@ from .errors import (
     JobNotFound,
     NonRetryableError,
     QueueFull,
+    ScheduleNotFound,
     SkiplockError,
     UnknownTask,
 )
 from .job import PRIORITIES, STATES, uuid7
 from .ops import JobPage, Operations
 from .runtime.worker import Worker
-from .tasks import Task, TaskRegistry, registry, task
+from .tasks import Task, TaskRegistry, registry, schedule, task
 
 __all__ = [
     "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",
     "InvalidArguments", "InvalidInput", "InvalidTransition", "JobCancelled", "JobContext", "JobNotFound",
-    "JobPage", "JobSpec", "NonRetryableError", "Operations", "QueueFull", "SkiplockError", "Task", "TaskRegistry",
-    "UnknownTask", "Worker", "enqueue", "enqueue_many", "registry", "task", "uuid7",
+    "JobPage", "JobSpec", "NonRetryableError", "Operations", "QueueFull", "Schedule", "ScheduleNotFound",
+    "SkiplockError", "Task", "TaskRegistry", "UnknownTask", "Worker", "enqueue", "enqueue_many", "registry",
+    "schedule", "task", "uuid7",
 ]

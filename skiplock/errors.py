@@ -79,6 +79,12 @@ class QueueNotEmpty(SkiplockError):
     code = "queue_not_empty"
 
 
+class ScheduleNotFound(SkiplockError):
+    """No such schedule."""
+
+    code = "not_found"
+
+
 class DatabaseUnavailable(SkiplockError):
     """The database is unreachable."""
 
@@ -105,6 +111,7 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_state_transition": (InvalidTransition, None),
     "jobs_insert_queued": (InvalidTransition, "state"),
     "jobs_delete_running": (InvalidTransition, None),
+    "schedules_name_format": (InvalidInput, "name"),
 }
 
 

@@ -28,6 +28,7 @@ _LEVELS = {
     "skiplock.worker.summary": logging.INFO,
     "skiplock.worker.db_error": logging.WARNING,
     "skiplock.api.db_error": logging.WARNING,
+    "skiplock.schedule.broken": logging.WARNING,
 }
 
 

@@ -19,7 +19,7 @@ import contextlib
 import re
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,11 +29,21 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
+from .cron import check_schedule_name, next_after
 from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, check_repeat, enqueue_many
-from .errors import InvalidInput, JobNotFound, QueueFull, QueueNotEmpty, QueueNotFound, SkiplockError, translate
+from .errors import (
+    InvalidInput,
+    JobNotFound,
+    QueueFull,
+    QueueNotEmpty,
+    QueueNotFound,
+    ScheduleNotFound,
+    SkiplockError,
+    translate,
+)
 from .job import STATES, check_queue, check_task_name
 from .limits import QueueLimits
-from .queries import api, jobs, queues, session, workers
+from .queries import api, jobs, queues, schedules, session, workers
 from .runtime.pruner import prune_finished_jobs
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry
@@ -71,6 +81,16 @@ def decode_cursor(raw: str) -> uuid.UUID:
         return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
     except (binascii.Error, ValueError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+def _with_next_run(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with next_run_at filled in where no scheduler has computed it yet (an active
+    schedule just created, edited or resumed); a bad definition leaves it None."""
+    if row["next_run_at"] is None and not row["paused"] and row["error"] is None:
+        after = max(d for d in (row["last_tick_at"], row["since"]) if d is not None)
+        with contextlib.suppress(SkiplockError):
+            row["next_run_at"] = next_after(row["cron"], row["timezone"], after)
+    return row
 
 
 def _at_index(exc: SkiplockError, index: int) -> None:
@@ -309,6 +329,36 @@ class Operations:
         """The Alembic revision the database is at (None before the first migration)."""
         async with self._conn() as conn:
             return await api.schema_revision(conn)
+
+    # -- schedules ----------------------------------------------------------------------------
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule (skiplock.schedules) in name order, with its next run: the stored
+        one, or for an active schedule no scheduler has looked at yet, computed here."""
+        async with self._conn() as conn:
+            rows = await schedules.list_schedules(conn)
+        return [_with_next_run(r) for r in rows]
+
+    async def get_schedule(self, name: str) -> dict[str, Any]:
+        """One schedule; ScheduleNotFound if none has this name."""
+        return _with_next_run(await self._schedule_action(schedules.get_schedule, name))
+
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        """No job is enqueued for it until it is resumed; its ticks meanwhile are not caught up."""
+        return _with_next_run(await self._schedule_action(schedules.pause_schedule, name))
+
+    async def resume_schedule(self, name: str, *, now: datetime | None = None) -> dict[str, Any]:
+        """Ticks count again from now (none missed while paused is enqueued)."""
+        return _with_next_run(await self._schedule_action(
+            lambda conn, n: schedules.resume_schedule(conn, n, now=now), name))
+
+    async def _schedule_action(self, action: Callable[[db.AsyncConn, str], Awaitable[dict[str, Any] | None]],
+                               name: str) -> dict[str, Any]:
+        name = check_schedule_name(name)
+        async with self._conn() as conn:
+            row = await action(conn, name)
+        if row is None:
+            raise ScheduleNotFound(f"no schedule {name!r}", field="name", details={"schedule": name})
+        return row
 
     # -- workers ------------------------------------------------------------------------------
     async def workers(self, *, hostname: str | None = None, now: datetime | None = None) -> list[dict[str, Any]]:

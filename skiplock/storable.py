@@ -28,6 +28,17 @@ class Unstorable(InvalidInput):
     code = "unstorable"
 
 
+class InvalidResult(Unstorable):
+    """The handler's result does not match its return annotation."""
+
+    code = "invalid_result"
+
+
+def merged_key(value: Any) -> str | None:
+    """The first key that two keys of one object of `value` become in JSON (1 and "1"), if any."""
+    return _merged_key(value)
+
+
 def to_json(value: Any, *, what: str, limit: int) -> bytes:
     """`value` as the UTF-8 JSON that will be stored, or Unstorable saying why not: not JSON
     (sets, bytes, objects...), NaN or Infinity, a NUL character, a lone surrogate, two keys

@@ -19,7 +19,7 @@ from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
 from skiplock.wakeup import Wakeups
 
-from . import access, jobs, queues, system
+from . import access, jobs, queues, schedules, system
 from .auth import Guard
 from .context import ApiState
 from .errors import HANDLERS
@@ -62,6 +62,9 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/queues/{name}", queues.delete, methods=["DELETE"]),
         Route("/queues/{name}/pause", queues.pause, methods=["POST"]),
         Route("/queues/{name}/resume", queues.resume, methods=["POST"]),
+        Route("/schedules", schedules.list_schedules, methods=["GET"]),
+        Route("/schedules/{name}/pause", schedules.pause, methods=["POST"]),
+        Route("/schedules/{name}/resume", schedules.resume, methods=["POST"]),
         Route("/tasks", system.tasks, methods=["GET"]),
         Route("/health", system.health, methods=["GET"]),
         Route("/openapi.json", system.openapi, methods=["GET"]),

@@ -21,6 +21,7 @@ from skiplock.errors import (
     QueueFull,
     QueueNotEmpty,
     QueueNotFound,
+    ScheduleNotFound,
     SkiplockError,
     translate,
 )
@@ -48,6 +49,7 @@ STATUS: dict[type[SkiplockError], int] = {
     QueueFull: 429,
     QueueNotFound: 404,
     QueueNotEmpty: 409,
+    ScheduleNotFound: 404,
     DatabaseUnavailable: 503,
     Unauthorized: 401,
     PayloadTooLarge: 413,

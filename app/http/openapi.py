@@ -33,7 +33,7 @@ ERRORS = {
     400: "A header that may appear once appears twice (Host, Authorization, Content-Length, Content-Type, "
          "Idempotency-Key, ...)",
     401: "Missing or wrong bearer token (when SKIPLOCK_API_TOKENS is set)",
-    404: "Unknown id or route",
+    404: "Unknown id, schedule or route",
     405: "Method not allowed on this path (the Allow header lists the allowed ones)",
     403: "A state change sent from another origin (Origin or Sec-Fetch-Site: cross-site)",
     408: "The request's head or body did not arrive in time (SKIPLOCK_HEADER_TIMEOUT, SKIPLOCK_BODY_TIMEOUT)",
@@ -70,6 +70,8 @@ def q(name: str, description: str, schema: dict[str, Any] | None = None) -> dict
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 QUEUE = {"name": "name", "in": "path", "required": True, "description": "Queue name",
          "schema": {"type": "string", "pattern": QUEUE_RE.pattern}}
+SCHEDULE = {"name": "name", "in": "path", "required": True, "description": "Schedule name",
+            "schema": {"type": "string", "pattern": TASK_RE.pattern}}
 PRINTABLE_255 = r"^[!-~]([ -~]{0,253}[!-~])?$"
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "A repeat with the same job returns that job (200); a different job 409. Same as "
@@ -132,6 +134,12 @@ ROUTES: list[Op] = [
        [401, 422, 503], params=[QUEUE]),
     Op("post", "/queues/{name}/resume", "Resume a paused queue", {200: (s.QueueState, "Resumed")},
        [401, 422, 503], params=[QUEUE]),
+    Op("get", "/schedules", "Cron schedules in name order, with their next run",
+       {200: (s.ScheduleList, "Schedules")}, [401, 503]),
+    Op("post", "/schedules/{name}/pause", "Pause a schedule: no job is enqueued for it until resumed",
+       {200: (s.ScheduleOut, "Paused")}, [401, 404, 422, 503], params=[SCHEDULE]),
+    Op("post", "/schedules/{name}/resume", "Resume a schedule; ticks missed while paused get no job",
+       {200: (s.ScheduleOut, "Resumed")}, [401, 404, 422, 503], params=[SCHEDULE]),
     Op("get", "/tasks", "Registered tasks and their argument JSON schema", {200: (s.TaskList, "Tasks")}, [401]),
     Op("get", "/health", "200 when the database answers at the expected schema revision",
        {200: (s.Health, "Healthy")}, [503]),

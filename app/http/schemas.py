@@ -179,6 +179,31 @@ class QueueState(BaseModel):
     max_waiting: int | None
 
 
+class ScheduleOut(BaseModel):
+    name: str
+    task: str
+    cron: str = Field(description="5 fields (minute hour day month weekday) or 6 with seconds first")
+    timezone: str = Field(description="IANA time zone the cron expression is read in")
+    args: dict[str, Any]
+    queue: str | None = Field(description="null: the task's queue")
+    priority: Priority | None = Field(description="null: the task's priority")
+    paused: bool
+    defined_in: Literal["code", "sql"] = Field(description="code: written by workers from @task(schedule=...) "
+                                                           "or skiplock.schedule(); sql: a row inserted by hand")
+    next_run_at: datetime | None = Field(description="The next tick; null while paused or while its definition is "
+                                                     "broken (see error)")
+    last_tick_at: datetime | None = Field(description="The last tick a job was enqueued for")
+    last_job_id: uuid.UUID | None
+    error: str | None = Field(description="Why no scheduler can run it (bad cron expression or time zone)")
+    since: datetime = Field(description="Ticks count from here: creation, the last change of cron or time zone, "
+                                        "the last resume")
+    created_at: datetime
+
+
+class ScheduleList(BaseModel):
+    schedules: list[ScheduleOut]
+
+
 class TaskOut(BaseModel):
     name: str
     queue: str

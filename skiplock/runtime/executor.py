@@ -3,7 +3,8 @@ its timeout, and turn whatever happens into an Outcome for the completer.
 
 Whatever a handler returns or raises is that job's outcome and nothing else's: an exception
 of any class (SystemExit, KeyboardInterrupt, its own CancelledError...) ends the attempt
-with the exception recorded, and a result that cannot be stored fails the job."""
+with the exception recorded, and a result that cannot be stored fails the job, as does one that
+does not match the handler's return annotation (when pydantic can validate it)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..backoff import Backoff
 from ..context import JobContext
 from ..errors import JobCancelled, NonRetryableError, SkiplockError
 from ..job import ClaimedJob
-from ..storable import MAX_RESULT_BYTES, Unstorable, safe_text, to_json
+from ..storable import MAX_RESULT_BYTES, InvalidResult, Unstorable, safe_text, to_json
 from ..tasks import TaskRegistry
 from . import threads
 
@@ -71,17 +72,26 @@ async def _contained(call: Awaitable[Any], ctx: JobContext) -> tuple[BaseExcepti
         return exc, None
 
 
-def _unstorable_result(task: str, result: Any, exc: Unstorable) -> str:
-    hint = ""
+def _hint(result: Any) -> str:
+    """What a careless result probably is (a coroutine is closed, so no "never awaited" warning)."""
     if inspect.iscoroutine(result) or inspect.isawaitable(result):
-        hint = " (an awaitable: was an async call not awaited?)"
         if inspect.iscoroutine(result):
-            result.close()  # never awaited: closed, so no "never awaited" warning later
-    elif inspect.isgenerator(result) or inspect.isasyncgen(result):
-        hint = " (a generator, whose body never ran: return a list)"
-    return (f"Unstorable result: task {task!r} returned {type(result).__name__}{hint}: {exc.message}. "
+            result.close()
+        return " (an awaitable: was an async call not awaited?)"
+    if inspect.isgenerator(result) or inspect.isasyncgen(result):
+        return " (a generator, whose body never ran: return a list)"
+    return ""
+
+
+def _unstorable_result(task: str, result: Any, exc: Unstorable) -> str:
+    return (f"Unstorable result: task {task!r} returned {type(result).__name__}{_hint(result)}: {exc.message}. "
             "Not retried: the same code would return the same value. A result must be JSON: None, "
             "str, int, float, bool, list, tuple, or dict with string keys.")
+
+
+def _invalid_result(task: str, result: Any, exc: InvalidResult) -> str:
+    return (f"Invalid result: task {task!r} {exc.message}{_hint(result)}. Not retried: the same code would return "
+            "the same value.")
 
 
 def end_of_attempt(job: ClaimedJob, ctx: JobContext, state: str, *, duration: float,
@@ -144,6 +154,11 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         if isinstance(raised, NonRetryableError | JobCancelled):
             return outcome("failed", error=_error_text(raised))
         return failure(_error_text(raised))
+    if t.result_adapter is not None:  # typed by its return annotation: validated, then serialised
+        try:
+            result = t.result_data(result)
+        except InvalidResult as exc:
+            return outcome("failed", error=safe_text(_invalid_result(job.task, result, exc)))
     if result is None:  # the common case: nothing to check
         return outcome("succeeded")
     try:

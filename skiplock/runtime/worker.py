@@ -39,6 +39,7 @@ from .listener import Listener
 from .producer import Producer
 from .pruner import Pruner
 from .rescuer import Rescuer
+from .scheduler import Scheduler
 from .service import Lifecycle
 from .summary import Summary
 from .watchdog import EXIT_WEDGED, SHUTDOWN_BOUND, Watchdog
@@ -133,6 +134,7 @@ class Worker:
                                 stale_worker_seconds=max(3600, self.lease_seconds * 10)))
         services.append(Summary(pool, self.inflight, completer.counts, worker_id=self.id, queues=self.queues,
                                 interval=self.summary_interval))
+        services.append(Scheduler(pool, self.registry))
         if self.retention_seconds:
             services.append(Pruner(pool, interval=self.prune_interval, retention_seconds=self.retention_seconds))
         return services
