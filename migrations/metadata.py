@@ -80,6 +80,7 @@ workers = Table(
     Column("concurrency", Integer, nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("lock_taken_at", DateTime(timezone=True)),
 )
 
 tasks = Table(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,8 +15,9 @@ from typing import Any
 import psycopg
 
 from . import db
-from .errors import IdempotencyConflict, InvalidInput, SkiplockError, translate
+from .errors import IdempotencyConflict, InvalidInput, QueueFull, SkiplockError, translate
 from .job import check_queue, priority_value, uuid7
+from .limits import QueueLimits, default_limits
 from .queries import jobs
 from .tasks import Task, TaskRegistry
 from .tasks import registry as default_registry
@@ -100,13 +102,15 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
 
 async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | None = None, *,
                   registry: TaskRegistry | None = None, max_args_bytes: int = MAX_ARGS_BYTES,
-                  correlation_id: str | None = None, now: datetime | None = None, **options: Any) -> Enqueued:
+                  correlation_id: str | None = None, now: datetime | None = None, limits: QueueLimits | None = None,
+                  **options: Any) -> Enqueued:
     """Submit one job; returns it. With an idempotency key already used in the queue,
-    returns the existing job with `created=False` (a unique index decides, whatever races)."""
+    returns the existing job with `created=False` (a unique index decides, whatever races),
+    even when the queue is full; otherwise QueueFull beyond the queue's `max_waiting`."""
     name = task.name if isinstance(task, Task) else task
     spec = JobSpec(task=name, args=args if args is not None else {}, **options)
     return (await enqueue_many(conn, [spec], registry=registry, max_args_bytes=max_args_bytes,
-                               correlation_id=correlation_id, now=now))[0]
+                               correlation_id=correlation_id, now=now, limits=limits))[0]
 
 
 def _same_job(t: Task, spec: JobSpec, resolved: dict[str, Any], row: dict[str, Any]) -> bool:
@@ -153,9 +157,16 @@ def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry |
 
 async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry: TaskRegistry | None = None,
                        max_args_bytes: int = MAX_ARGS_BYTES, correlation_id: str | None = None,
-                       now: datetime | None = None, defer_notify: bool = False) -> list[Enqueued]:
+                       now: datetime | None = None, defer_notify: bool = False,
+                       limits: QueueLimits | None = None) -> list[Enqueued]:
     """Submit many jobs in one transaction: all are stored or none. A bad item raises
     InvalidInput with `details["index"]` naming it.
+
+    A queue's `max_waiting` holds exactly, whatever else submits at once: beyond it the call
+    raises QueueFull and stores nothing. Submitting to a limited queue locks that queue's row
+    until the caller's transaction ends (keep such transactions short); a queue without a
+    limit takes no lock and costs nothing. `limits` caches which queues are limited (default:
+    one cache per process, refreshed every 2 s).
 
     An idempotency key names one job per queue: a repeat that asks for the same job (see
     `_same_job`) gets the stored one back (`created=False`); one that asks for a different
@@ -176,26 +187,64 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
                 exc.message = f"job {i}: {exc.message}"
                 exc.args = (exc.message,)
             raise
+    if not rows:
+        return []
     cid = correlation_id[:200] if correlation_id else None
+    limits = limits if limits is not None else default_limits
+    wanted = Counter(r["queue"] for r in rows)
     try:
-        if len(rows) == 1:
-            job = await _insert_one(conn, rows[0], cid, defer_notify)
-            if not job.created and not _same_job(reg.get(specs[0].task), specs[0], rows[0], job.row):
-                raise _conflict(None, rows[0]["idempotency_key"], job.row, None)
-            return [job]
-        if all(r["idempotency_key"] is None for r in rows):
-            # One INSERT statement stores every job or none (its trigger writes the history in
-            # the same statement): on an autocommit connection it is its own transaction,
-            # otherwise it joins the caller's.
-            return await _insert_many(conn, rows, cid, defer_notify)
-        # A conflict is known only after the insert: the insert and the check share a
-        # transaction (a savepoint inside the caller's), so a refused call stores nothing.
+        if not await limits.needed(conn, wanted):
+            return await _store(conn, reg, specs, rows, cid, defer_notify)
+        # A limited queue: the reservation and the insert share a transaction (a savepoint
+        # inside the caller's), whose end releases the queue rows it locked.
         async with conn.transaction():
-            jobs = await _insert_many(conn, rows, cid, defer_notify)
-            _check_repeats(reg, specs, rows, jobs)
-            return jobs
+            await limits.reserve(conn, wanted)
+            return await _store(conn, reg, specs, rows, cid, defer_notify)
+    except psycopg.Error as exc:
+        error = translate(exc)
+        if not isinstance(error, QueueFull):
+            raise error from exc
+    try:
+        return await _stored_repeats(conn, reg, specs, rows, error)
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+async def _store(conn: db.AsyncConn, reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[str, Any]],
+                 cid: str | None, defer_notify: bool) -> list[Enqueued]:
+    if len(rows) == 1:
+        job = await _insert_one(conn, rows[0], cid, defer_notify)
+        if not job.created and not _same_job(reg.get(specs[0].task), specs[0], rows[0], job.row):
+            raise _conflict(None, rows[0]["idempotency_key"], job.row, None)
+        return [job]
+    if all(r["idempotency_key"] is None for r in rows):
+        # One INSERT statement stores every job or none (its trigger writes the history in
+        # the same statement): on an autocommit connection it is its own transaction,
+        # otherwise it joins the caller's.
+        return await _insert_many(conn, rows, cid, defer_notify)
+    # A conflict is known only after the insert: the insert and the check share a
+    # transaction (a savepoint inside the caller's), so a refused call stores nothing.
+    async with conn.transaction():
+        jobs = await _insert_many(conn, rows, cid, defer_notify)
+        _check_repeats(reg, specs, rows, jobs)
+        return jobs
+
+
+async def _stored_repeats(conn: db.AsyncConn, reg: TaskRegistry, specs: Sequence[JobSpec],
+                          rows: list[dict[str, Any]], full: QueueFull) -> list[Enqueued]:
+    """A full queue refuses a submission unless every job it asks for is already stored under
+    its idempotency key (a client repeating a request whose answer it lost): it needs no room,
+    so it gets those jobs back (or IdempotencyConflict), not QueueFull."""
+    found: list[Enqueued] = []
+    for i, (spec, row) in enumerate(zip(specs, rows, strict=True)):
+        key = row["idempotency_key"]
+        existing = await jobs.find_by_idempotency_key(conn, row["queue"], key) if key is not None else None
+        if existing is None:
+            raise full
+        if not _same_job(reg.get(spec.task), spec, row, existing):
+            raise _conflict(i if len(specs) > 1 else None, key, existing, None)
+        found.append(Enqueued(existing, False))
+    return found
 
 
 def _check_repeats(reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[str, Any]],

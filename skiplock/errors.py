@@ -3,6 +3,7 @@ travels with it, and app/http/errors.py maps each type to one HTTP status."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -120,6 +121,12 @@ def translate(exc: psycopg.Error) -> SkiplockError:
     diag = getattr(exc, "diag", None)
     constraint = diag.constraint_name if diag else None
     primary = (diag.message_primary if diag else None) or str(exc)
+    if constraint == "queues_max_waiting":  # skiplock.reserve_room_v1: the numbers come as JSON
+        try:
+            details = json.loads(diag.message_detail or "{}") if diag else {}
+        except ValueError:
+            details = {}
+        return QueueFull(primary.removeprefix("skiplock: "), field="queue", details=details)
     if constraint in _CONSTRAINTS:
         kind, field = _CONSTRAINTS[constraint]
         return kind(primary.removeprefix("skiplock: "), field=field)

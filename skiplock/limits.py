@@ -1,57 +1,63 @@
-"""Queue size limits (`max_waiting`) around a submission.
+"""Queue size limits (`max_waiting`) on the Python submission paths.
 
-A submission to a limited queue runs its insert in one transaction with the queue's row
-locked while it counts the waiting jobs, so concurrent submitters cannot both see room for
-the last slot. Which queues have a limit is cached for LIMITS_TTL seconds, so submissions to
-queues without one pay nothing: no transaction, no lock, no count."""
+The rule lives in the database (skiplock.reserve_room_v1, which skiplock.enqueue in SQL calls
+too): inside the transaction that inserts, the row of each limited queue is locked while its
+waiting jobs are counted, so concurrent submitters cannot both see room for the last slot.
+Which queues have a limit is cached per database for LIMITS_TTL seconds, so submissions to
+queues without one pay nothing: no extra statement, no transaction, no lock."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Mapping
 
 from . import db
-from .errors import QueueFull
-from .queries import api
+from .queries import queues
 
 LIMITS_TTL = 2.0
-"""How long the set of limited queues is cached (seconds): a new limit takes effect within it."""
+"""How long the set of limited queues is cached (seconds): a new limit takes effect within it
+for Python submitters (at once in SQL)."""
+
+
+def _database(conn: db.AsyncConn) -> tuple[str, int, str]:
+    info = conn.info
+    return info.host, info.port, info.dbname
 
 
 class QueueLimits:
+    """The cached set of limited queues, per database, and the reservation of room in them."""
+
     def __init__(self, ttl: float = LIMITS_TTL) -> None:
         self.ttl = ttl
-        self._limited: set[str] = set()
-        self._at = -1e9
+        self._limited: dict[tuple[str, int, str], tuple[float, frozenset[str]]] = {}
 
-    async def limited(self, conn: db.AsyncConn) -> set[str]:
-        """Queues that have a max_waiting (cached)."""
-        if time.monotonic() - self._at > self.ttl:
-            self._limited = await api.limited_queues(conn)
-            self._at = time.monotonic()
-        return self._limited
+    async def limited(self, conn: db.AsyncConn) -> frozenset[str]:
+        """Queues of `conn`'s database that have a max_waiting (cached)."""
+        key = _database(conn)
+        at, names = self._limited.get(key, (-1e9, frozenset()))
+        if time.monotonic() - at > self.ttl:
+            names = frozenset(await queues.limited_queues(conn))
+            self._limited[key] = (time.monotonic(), names)
+        return names
 
     def forget(self) -> None:
         """A limit changed here: read them again on the next submission."""
-        self._at = -1e9
+        self._limited.clear()
 
-    @contextlib.asynccontextmanager
-    async def reserve(self, conn: db.AsyncConn, wanted: dict[str, int]) -> AsyncIterator[None]:
-        """Run the body (the insert) only if every limited queue has room for `wanted[queue]`
-        more waiting jobs, else raise QueueFull. For limited queues the check and the body
-        share one transaction holding the queues' rows; unlimited queues get no transaction."""
+    async def needed(self, conn: db.AsyncConn, wanted: Mapping[str, int]) -> bool:
+        """Whether a submission of `wanted[queue]` jobs per queue must reserve room."""
+        known = await self.limited(conn)
+        return any(q in known for q in wanted)
+
+    async def reserve(self, conn: db.AsyncConn, wanted: Mapping[str, int]) -> None:
+        """Lock the limited queues among `wanted` until the transaction ends (call inside the one
+        that inserts); raises psycopg's CheckViolation (queues_max_waiting) for a queue without
+        room for `wanted[queue]` more waiting jobs (skiplock.errors.translate makes it QueueFull)."""
         known = await self.limited(conn)
         limited = sorted(q for q in wanted if q in known)
-        if not limited:
-            yield
-            return
-        async with conn.transaction():
-            limits = await api.lock_limited_queues(conn, limited)
-            waiting = await api.count_waiting_in(conn, list(limits)) if limits else {}
-            for queue, limit in limits.items():
-                now = waiting.get(queue, 0)
-                if now + wanted[queue] > limit:
-                    raise QueueFull(f"queue {queue!r} holds {now} waiting jobs; its limit is {limit}",
-                                    field="queue", details={"queue": queue, "waiting": now, "max_waiting": limit})
-            yield
+        if limited:
+            await queues.reserve_queue_room(conn, limited, [wanted[q] for q in limited])
+
+
+default_limits = QueueLimits()
+"""The cache Python submitters share unless given their own (Operations has one)."""

@@ -18,7 +18,6 @@ import binascii
 import contextlib
 import re
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db
 from .cron import check_schedule_name, next_after
-from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, check_repeat, enqueue_many
+from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, enqueue_many
 from .errors import (
     InvalidInput,
     JobNotFound,
@@ -150,14 +149,13 @@ class Operations:
         job's position in `details["index"]`. Workers are woken after the commit when this
         object has Wakeups (the HTTP API), else by the insert itself.
 
-        Inside your own transaction, use `skiplock.enqueue` / `enqueue_many` instead (no limits)."""
-        wanted: Counter[str] = Counter()
+        Inside your own transaction, use `skiplock.enqueue` / `enqueue_many` (the same rules)."""
         for i, spec in enumerate(specs):
             try:
                 t = self.registry.get(spec.task)
                 if json_args:
                     t.check_json_args(spec.args)
-                wanted[check_queue(spec.queue or t.queue)] += 1
+                check_queue(spec.queue or t.queue)
             except SkiplockError as exc:
                 if len(specs) > 1:
                     _at_index(exc, i)
@@ -165,12 +163,10 @@ class Operations:
         deferred = self.wakeups is not None
         async with self._conn() as conn:
             try:
-                async with self.limits.reserve(conn, dict(wanted)):
-                    stored = await enqueue_many(conn, specs, registry=self.registry,
-                                                max_args_bytes=self.max_args_bytes, correlation_id=correlation_id,
-                                                defer_notify=deferred)
-            except QueueFull as full:
-                stored = await self._repeats_of_stored(conn, specs, full)
+                stored = await enqueue_many(conn, specs, registry=self.registry, max_args_bytes=self.max_args_bytes,
+                                            correlation_id=correlation_id, defer_notify=deferred, limits=self.limits)
+            except QueueFull:
+                raise
             except SkiplockError as exc:
                 if len(specs) > 1:
                     exc.details.setdefault("index", 0)
@@ -178,23 +174,6 @@ class Operations:
         if self.wakeups is not None:
             self.wakeups.touch({j.row["queue"] for j in stored if j.created})  # committed: wake workers
         return stored
-
-    async def _repeats_of_stored(self, conn: db.AsyncConn, specs: Sequence[JobSpec],
-                                 full: QueueFull) -> list[Enqueued]:
-        """A full queue refuses a submission unless every job it asks for is already stored
-        under its idempotency key (a client repeating a request whose answer it lost): then it
-        gets those jobs back (or IdempotencyConflict), not QueueFull."""
-        found: list[Enqueued] = []
-        for spec in specs:
-            if spec.idempotency_key is None:
-                raise full
-            queue = spec.queue or self.registry.get(spec.task).queue
-            existing = await jobs.find_by_idempotency_key(conn, queue, spec.idempotency_key)
-            if existing is None:
-                raise full
-            check_repeat(spec, existing, registry=self.registry, max_args_bytes=self.max_args_bytes)
-            found.append(Enqueued(existing, False))
-        return found
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[db.AsyncConn]:

@@ -43,3 +43,13 @@ WITH left_over AS (
 SELECT (SELECT jobs FROM left_over) AS jobs,
        EXISTS (SELECT 1 FROM gone) AS deleted,
        EXISTS (SELECT 1 FROM skiplock.queues WHERE name = %(name)s) AS existed;
+
+-- name: limited_queues
+-- Queues that have a max_waiting: submitters cache this set briefly (skiplock/limits.py) and
+-- reserve room only in these, so queues without a limit cost nothing per insert.
+SELECT name FROM skiplock.queues WHERE max_waiting IS NOT NULL;
+
+-- name: reserve_queue_room
+-- Inside the transaction that inserts: lock each limited queue's row and raise queue_full
+-- unless it has room for `wanted` more waiting jobs (the rule: skiplock.reserve_room_v1).
+SELECT skiplock.reserve_room_v1(%(queues)s::text[], %(wanted)s::int[]);

@@ -133,6 +133,11 @@ CREATE TABLE skiplock.workers (
     concurrency  integer     NOT NULL,
     started_at   timestamptz NOT NULL DEFAULT now(),
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    -- When the worker last took its liveness lock: a session-level advisory lock on
+    -- hashtextextended(id, 0), held by its listener's connection, which the server releases the
+    -- moment that session ends. NULL: it holds none we know of (not yet, or it left on purpose),
+    -- so only the lease can tell it died. See sql/workers.sql: find_dead_workers.
+    lock_taken_at timestamptz,
     CONSTRAINT workers_pkey PRIMARY KEY (id)
 );
 ALTER TABLE skiplock.workers SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 50);
@@ -283,9 +288,59 @@ BEGIN
 END
 $$;
 
+-- Queue size limits (max_waiting): the one place the rule lives. Every submission path calls
+-- it in the transaction that inserts: skiplock.enqueue below, and the Python engine's
+-- enqueue/enqueue_many (sql/queues.sql: reserve_queue_room) for queues it knows to be limited.
+-- For each of `queues` that has a limit it locks the queue's row until the transaction ends,
+-- so submitters to a limited queue count and insert one at a time, and raises queue_full when
+-- `wanted` more waiting jobs would exceed the limit. A queue without one costs a primary-key
+-- probe and takes no lock. Rows are locked in name order: two submitters naming the same
+-- queues cannot deadlock. The count runs after the lock is granted, as a statement of its own,
+-- so under READ COMMITTED it sees the jobs the previous holder committed; under REPEATABLE
+-- READ or SERIALIZABLE the snapshot is older, so the row is updated instead of only locked,
+-- and a concurrent submitter fails with a serialization error (retry it) instead of
+-- overshooting.
+CREATE FUNCTION skiplock.reserve_room_v1(queues text[], wanted integer[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  candidate text;
+  lim integer;
+  extra bigint;
+  waiting bigint;
+BEGIN
+  FOR candidate, extra IN
+    SELECT q.name, sum(w.n)::bigint
+      FROM skiplock.queues q
+      JOIN unnest(reserve_room_v1.queues, reserve_room_v1.wanted) AS w(name, n) ON w.name = q.name
+     WHERE q.max_waiting IS NOT NULL
+     GROUP BY q.name
+     ORDER BY q.name
+  LOOP
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+      SELECT q.max_waiting INTO lim FROM skiplock.queues q WHERE q.name = candidate FOR UPDATE;
+    ELSE
+      UPDATE skiplock.queues q SET max_waiting = q.max_waiting WHERE q.name = candidate
+      RETURNING q.max_waiting INTO lim;
+    END IF;
+    CONTINUE WHEN lim IS NULL;  -- the limit was removed meanwhile
+    -- Bounded: at most max_waiting rows are counted.
+    SELECT count(*) INTO waiting
+      FROM (SELECT 1 FROM skiplock.jobs j WHERE j.queue = candidate AND j.state = 'queued' LIMIT lim) s;
+    IF waiting + extra > lim THEN
+      RAISE EXCEPTION 'skiplock: queue % holds % waiting jobs; its limit is %', quote_literal(candidate),
+            CASE WHEN waiting >= lim THEN format('%s or more', waiting) ELSE waiting::text END, lim
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'queues_max_waiting',
+              DETAIL = json_build_object('queue', candidate, 'waiting', waiting, 'max_waiting', lim)::text;
+    END IF;
+  END LOOP;
+END
+$$;
+
 -- Submit a job from SQL. Returns the job id; with an idempotency key already used in
 -- the queue, returns the existing job's id and inserts nothing. Options left out come from
 -- the task's row in skiplock.tasks (recorded by its workers), then the built-in defaults.
+-- A queue's max_waiting holds here too (skiplock.reserve_room_v1), except for a repeat of a
+-- stored job, which needs no room.
 CREATE FUNCTION skiplock.enqueue(
     task text,
     args jsonb DEFAULT '{}'::jsonb,
@@ -309,6 +364,14 @@ BEGIN
   END IF;
   SELECT * INTO d FROM skiplock.tasks t WHERE t.name = enqueue.task;
   q := coalesce(enqueue.queue, d.queue, 'default');
+  IF enqueue.idempotency_key IS NOT NULL THEN
+    SELECT j.id INTO new_id FROM skiplock.jobs j
+     WHERE j.queue = q AND j.idempotency_key = enqueue.idempotency_key;
+    IF new_id IS NOT NULL THEN
+      RETURN new_id;
+    END IF;
+  END IF;
+  PERFORM skiplock.reserve_room_v1(ARRAY[q], ARRAY[1]);
   INSERT INTO skiplock.jobs AS j (task, args, queue, priority, run_at, max_attempts, timeout,
                                   idempotency_key, batch_id)
   VALUES (enqueue.task, enqueue.args, q,
@@ -358,14 +421,17 @@ BEGIN
 END
 $$;
 
--- Cancel a queued or running job. A running job's worker sees the cancellation at its
--- next heartbeat; whatever it answers afterwards is fenced off.
+-- Cancel a queued or running job. A running job's worker is told at once: the commit delivers
+-- a NOTIFY on skiplock_cancel with "job id:attempt" to every worker's listener, and the one
+-- running that attempt stops it within a second; its next heartbeat is the fallback (a cancel
+-- by a plain UPDATE is seen only there). Whatever it answers afterwards is fenced off.
 CREATE FUNCTION skiplock.cancel(job_id uuid) RETURNS skiplock.job_state
 LANGUAGE plpgsql AS $$
 DECLARE
   s skiplock.job_state;
+  a integer;
 BEGIN
-  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = job_id FOR UPDATE;
+  SELECT j.state, j.attempt INTO s, a FROM skiplock.jobs j WHERE j.id = job_id FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
   END IF;
@@ -376,6 +442,13 @@ BEGIN
   UPDATE skiplock.jobs j
      SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, finished_at = now()
    WHERE j.id = job_id;
+  IF s = 'running' THEN
+    BEGIN
+      PERFORM pg_notify('skiplock_cancel', job_id::text || ':' || a);
+    EXCEPTION WHEN OTHERS THEN
+      NULL;  -- a failed NOTIFY never fails the cancel: the heartbeat delivers it
+    END;
+  END IF;
   RETURN 'cancelled';
 END
 $$;

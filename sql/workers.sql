@@ -23,3 +23,58 @@ SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at,
   FROM skiplock.workers
  WHERE %(hostname)s::text IS NULL OR hostname = %(hostname)s
  ORDER BY started_at DESC;
+
+-- name: take_worker_lock
+-- The worker's liveness lock: a session-level advisory lock on hashtextextended(id, 0), taken
+-- by its listener's long-lived connection; the server releases it the moment that session
+-- ends (the process died, or the connection broke). `taken` false: another session holds the
+-- key (a rescuer checking it this instant, or another worker's id hashing to the same key);
+-- the listener tries again. When taken, lock_taken_at records it (find_dead_workers).
+WITH l AS MATERIALIZED (
+    SELECT pg_try_advisory_lock(hashtextextended(%(id)s::text, 0)) AS taken
+), noted AS (
+    UPDATE skiplock.workers w SET lock_taken_at = now() FROM l WHERE l.taken AND w.id = %(id)s
+    RETURNING w.id
+)
+SELECT taken, EXISTS (SELECT 1 FROM noted) AS noted FROM l;
+
+-- name: forget_worker_lock
+-- A worker leaving on purpose (graceful stop): its lock is no longer a sign of life, so its
+-- session's end is not taken for its death; what it still holds is covered by its leases.
+UPDATE skiplock.workers SET lock_taken_at = NULL WHERE id = %(id)s;
+
+-- name: rescue_jobs_of_dead_workers
+-- Fast rescue. A worker whose liveness lock is free although it took it since the server
+-- started has lost its session: its process died (or its connection broke, which fencing
+-- makes harmless: the live worker's late answers change nothing, and it takes its lock
+-- again). Its running jobs go back to queued (failed on their last attempt) as rescue_expired
+-- does, without waiting for their lease. A session of a server before its last start is no
+-- sign: after a restart every lock is free until its worker reconnects, so those workers are
+-- left to their leases. `dead` keeps each key locked by this transaction
+-- (pg_try_advisory_xact_lock) until it commits, so the worker cannot take it back halfway and
+-- two rescuers never take the same worker; lock_taken_at is cleared, so it is rescued once.
+-- Workers whose key is held (alive, or colliding with another worker's key) are left to their
+-- leases. With no dead worker, the jobs are not read at all (one-time filter).
+WITH dead AS MATERIALIZED (
+    SELECT w.id FROM skiplock.workers w
+     WHERE CASE WHEN w.lock_taken_at > pg_postmaster_start_time()
+                THEN pg_try_advisory_xact_lock(hashtextextended(w.id, 0)) ELSE false END
+), forgotten AS (
+    UPDATE skiplock.workers w SET lock_taken_at = NULL FROM dead WHERE w.id = dead.id
+), held AS (
+    SELECT j.id FROM skiplock.jobs j
+     WHERE EXISTS (SELECT 1 FROM dead)
+       AND j.state = 'running' AND j.worker_id = ANY (ARRAY(SELECT id FROM dead))
+       FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE skiplock.jobs j
+   SET state = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN 'failed' ELSE 'queued' END::skiplock.job_state,
+       last_error = format('lease ended: worker %%s stopped: its database session closed during attempt %%s',
+                           j.worker_id, j.attempt),
+       worker_id = NULL,
+       lease_expires_at = NULL,
+       run_at = coalesce(%(now)s, now()),
+       finished_at = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN coalesce(%(now)s, now()) END
+  FROM held
+ WHERE j.id = held.id
+RETURNING j.id, j.state, j.attempt;

@@ -21,6 +21,10 @@ NOTIFY_CHANNEL = "skiplock_jobs"
 """The channel the insert trigger notifies with the job's queue (sql/schema.sql); workers
 LISTEN on it and wake_queues notifies on it."""
 
+CANCEL_CHANNEL = "skiplock_cancel"
+"""The channel skiplock.cancel notifies with "job id:attempt" when it cancels a running job
+(sql/schema.sql); workers LISTEN on it to stop the handler at once."""
+
 
 async def insert_job(conn: AsyncConn, row: Mapping[str, Any]) -> dict[str, Any] | None:
     """One job (the query's parameters); None when its idempotency key is already used."""

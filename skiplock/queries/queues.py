@@ -36,3 +36,14 @@ async def delete_queue_if_empty(conn: AsyncConn, name: str) -> tuple[int, bool]:
     row = await fetch_one(conn, "delete_queue_if_empty", {"name": name})
     assert row is not None
     return int(row["jobs"]), bool(row["existed"])
+
+
+async def limited_queues(conn: AsyncConn) -> set[str]:
+    """Names of the queues that have a max_waiting."""
+    return {str(r["name"]) for r in await fetch_all(conn, "limited_queues", {})}
+
+
+async def reserve_queue_room(conn: AsyncConn, queues: Sequence[str], wanted: Sequence[int]) -> None:
+    """Lock the limited ones of `queues` until the transaction ends (call inside the one that
+    inserts); psycopg's CheckViolation (constraint queues_max_waiting) when one lacks room."""
+    await fetch_all(conn, "reserve_queue_room", {"queues": list(queues), "wanted": list(wanted)})

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from ..db import AsyncConn
-from ._run import execute, fetch_all
+from ._run import execute, fetch_all, fetch_one
 from .loader import q
 
 
@@ -36,3 +36,18 @@ async def list_workers(conn: AsyncConn, *, hostname: str | None = None,
                        now: datetime | None = None) -> list[dict[str, Any]]:
     """Registered workers (optionally of one host) with the age of their last heartbeat."""
     return await fetch_all(conn, "list_workers", {"hostname": hostname, "now": now})
+
+
+async def take_worker_lock(conn: AsyncConn, worker_id: str) -> bool:
+    """Take the worker's liveness lock on this session (see the query); whether it was taken."""
+    row = await fetch_one(conn, "take_worker_lock", {"id": worker_id})
+    return bool(row and row["taken"])
+
+
+async def forget_worker_lock(conn: AsyncConn, worker_id: str) -> None:
+    await execute(conn, "forget_worker_lock", {"id": worker_id})
+
+
+async def rescue_jobs_of_dead_workers(conn: AsyncConn, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The running jobs of workers whose session ended, back to queued (or failed): id, state, attempt."""
+    return await fetch_all(conn, "rescue_jobs_of_dead_workers", {"now": now})

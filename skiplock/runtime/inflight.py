@@ -101,7 +101,11 @@ class InFlight:
                     "cancellation); the timeout is recorded and it holds its slot until it returns")
         return True
 
-    def lose(self, lost: Mapping[uuid.UUID, int]) -> None:
+    def cancel(self, job_id: uuid.UUID, attempt: int) -> None:
+        """The job was cancelled while this attempt ran (skiplock.cancel's notification)."""
+        self.lose({job_id: attempt}, reason="cancelled")
+
+    def lose(self, lost: Mapping[uuid.UUID, int], *, reason: str = "cancelled or lease lost") -> None:
         """Stop running the jobs this worker no longer holds (cancelled or rescued), given as
         {id: attempt}: a job since claimed again under a newer attempt is left alone."""
         for job_id, attempt in lost.items():
@@ -109,7 +113,7 @@ class InFlight:
             if r is None or r.job.attempt != attempt:
                 continue
             emit("skiplock.job.lost", job_id=job_id, task=r.job.task, attempt=r.job.attempt,
-                 worker=self.worker_id, reason="cancelled or lease lost")
+                 worker=self.worker_id, reason=reason)
             r.ctx.mark_cancelled()
             r.task.cancel()
             del self.running[job_id]

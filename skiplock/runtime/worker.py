@@ -1,5 +1,5 @@
 """A worker process: composes the claim loop (producer) with its background services
-(completer, heartbeat, watchdog, listener, rescuer, summary, pruner: `Worker.services`), hands
+(completer, heartbeat, watchdog, listener, rescuers, summary, pruner: `Worker.services`), hands
 them the one in-flight registry, and owns the one shutdown path:
 
 signal -> stop claiming -> wait up to the grace period for running jobs -> cancel the rest
@@ -38,7 +38,7 @@ from .inflight import InFlight, Running
 from .listener import Listener
 from .producer import Producer
 from .pruner import Pruner
-from .rescuer import Rescuer
+from .rescuer import DeadWorkerRescuer, Rescuer
 from .scheduler import Scheduler
 from .service import Lifecycle
 from .summary import Summary
@@ -128,10 +128,12 @@ class Worker:
         the reverse order, after the claim loop and the drain (the completer last, so that it
         flushes every outcome). A new piece (a scheduler) is added here."""
         services: list[Lifecycle] = [completer, self.heartbeat, self.watchdog]
-        if self.listen:
-            services.append(Listener(self.url, producer.notify, queues=self.queues))
+        if self.listen:  # also the worker's liveness lock, and prompt cancellation
+            services.append(Listener(self.url, producer.notify, queues=self.queues, on_cancel=self.inflight.cancel,
+                                     worker_id=self.id))
         services.append(Rescuer(pool, interval=self.rescue_interval,
                                 stale_worker_seconds=max(3600, self.lease_seconds * 10)))
+        services.append(DeadWorkerRescuer(pool))
         services.append(Summary(pool, self.inflight, completer.counts, worker_id=self.id, queues=self.queues,
                                 interval=self.summary_interval))
         services.append(Scheduler(pool, self.registry))
@@ -145,9 +147,10 @@ class Worker:
         # A short pool timeout: while the database is away every service is waiting in the pool,
         # and the pool (reconnect_timeout=0) makes a new connection attempt only for a new
         # request; each timed-out request is retried, so recovery follows within seconds.
-        # Six connections: two claim statements at once (producer.claim_parts), the completer's
-        # flush, and the rescuer, summary and pruner (the heartbeat and the listener have their own).
-        pool = db.make_pool(self.url, min_size=2, max_size=6, name=f"skiplock-worker-{self.id}",
+        # Seven connections: two claim statements at once (producer.claim_parts), the completer's
+        # flush, and the two rescuers, summary and pruner (the heartbeat and the listener have
+        # their own).
+        pool = db.make_pool(self.url, min_size=2, max_size=7, name=f"skiplock-worker-{self.id}",
                             check=False, timeout=min(5.0, self.lease_seconds / 4))
         await pool.open()
         completer = Completer(pool, self.inflight, worker_id=self.id, stop_timeout=SHUTDOWN_BOUND - STOP_WAIT - 1)

@@ -14,14 +14,15 @@ from skiplock.runtime.heartbeat import Heartbeat
 from skiplock.runtime.listener import Listener
 from skiplock.runtime.producer import Producer
 from skiplock.runtime.pruner import Pruner
-from skiplock.runtime.rescuer import Rescuer
+from skiplock.runtime.rescuer import DeadWorkerRescuer, Rescuer
 from skiplock.runtime.scheduler import Scheduler
 from skiplock.runtime.service import PeriodicService, Service, ThreadService
 from skiplock.runtime.summary import Summary
 from skiplock.runtime.watchdog import Watchdog
 from skiplock.wakeup import Wakeups
 
-PIECES = [Producer, Completer, Listener, Wakeups, Heartbeat, Watchdog, Rescuer, Pruner, Summary, Scheduler]
+PIECES = [Producer, Completer, Listener, Wakeups, Heartbeat, Watchdog, Rescuer, DeadWorkerRescuer, Pruner, Summary,
+          Scheduler]
 
 
 @pytest.mark.parametrize("piece", PIECES, ids=lambda p: p.__name__)

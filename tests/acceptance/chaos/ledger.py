@@ -68,7 +68,7 @@ def audit(url: str, accepted: Iterable[uuid.UUID], disrupted: Collection[str], *
              " WHERE state = 'running' ORDER BY job_id, id DESC")}
     failed_attempts = {(r[0], r[1], r[2]) for r in rows(
         url, "SELECT job_id, attempt, worker_id FROM skiplock.job_history WHERE state IN ('queued', 'failed')"
-             " AND error IS NOT NULL AND error NOT LIKE 'lease expired%%'")}
+             " AND error IS NOT NULL AND error NOT LIKE 'lease %%'")}
     claims: Counter[tuple[uuid.UUID, int, str]] = Counter({(r[0], r[1], r[2]): r[3] for r in rows(
         url, "SELECT job_id, attempt, worker_id, count(*) FROM skiplock.job_history WHERE state = 'running'"
              " GROUP BY 1, 2, 3")})

@@ -112,7 +112,7 @@ def test_dump_restore_and_workers_carry_on(chaos_url: str, restored_url: str, pg
     recover = time.monotonic() - resumed_at
     assert fingerprint(restored_url, finished) == before, "finished jobs changed after the restore"
     rescued = scalar(restored_url, "SELECT count(*) FROM skiplock.job_history WHERE job_id = ANY(%s)"
-                                   " AND error LIKE %s", (running, f"lease expired: worker {a.worker_id} %"))
+                                   " AND error LIKE %s", (running, f"lease %: worker {a.worker_id} stopped%"))
     assert rescued == 5, "the snapshot's running jobs should be rescued from the worker that held them"
     assert rows(restored_url, "SELECT DISTINCT attempt FROM skiplock.jobs WHERE id = ANY(%s)", (running,)) == [(2,)]
     assert scalar(restored_url, "SELECT count(*) FROM skiplock.job_history h WHERE NOT EXISTS"
