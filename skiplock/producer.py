@@ -188,9 +188,11 @@ class Producer:
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
-                         on_update=self.completer.update, max_json_bytes=self.max_result_bytes)
+                         on_update=self.completer.update, max_json_bytes=self.max_result_bytes,
+                         correlation_id=job.correlation_id)
         if debug:
-            emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
+            emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id,
+                 correlation_id=job.correlation_id)
         # One shared name: formatting the job id into each task's name cost more than the no-op job.
         started = time.monotonic()
         task = asyncio.create_task(self._execute(job, ctx, started), name="skiplock.job")
@@ -214,7 +216,7 @@ class Producer:
             return  # abandoned past its timeout: the timeout was recorded for it
         if job.id in self.interrupted and outcome.state != "succeeded":
             return  # it stopped because the worker is stopping: released, not failed
-        self._record(outcome)
+        self._record(outcome, job.correlation_id)
         self.completer.add(outcome)
 
     def _leave(self, job_id: uuid.UUID) -> bool:
@@ -241,11 +243,11 @@ class Producer:
         r.overran = True
         self.abandoned[r.task] = r
         emit("skiplock.job.abandoned", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
-             worker=self.worker_id, kind="task",
+             worker=self.worker_id, kind="task", correlation_id=r.job.correlation_id,
              reason=f"still running {OVERRUN_GRACE}s after its timeout of {r.job.timeout}s (it ignores "
                     "cancellation); the timeout is recorded and it holds its slot until it returns")
         outcome = self._timed_out(r)
-        self._record(outcome)
+        self._record(outcome, r.job.correlation_id)
         self.completer.add(outcome)
 
     def _timed_out(self, r: Running) -> Outcome:
@@ -259,12 +261,13 @@ class Producer:
         when = self.registry.get(job.task).retry.next_run_at(job.attempt, datetime.now(UTC))
         return Outcome(job.id, job.attempt, "queued", job.task, error=error, run_at=when, **fields)
 
-    def _record(self, o: Outcome) -> None:
+    def _record(self, o: Outcome, correlation_id: str | None) -> None:
         """The outcome's event (counted once the database confirms it: see `succeeded`)."""
         if o.state == "succeeded" and not log.isEnabledFor(logging.DEBUG):  # the hot path: no event to build
             return
         fields: dict[str, Any] = {"job_id": o.job_id, "task": o.task, "attempt": o.attempt,
-                                  "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1)}
+                                  "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1),
+                                  "correlation_id": correlation_id}
         if o.state == "succeeded":
             emit("skiplock.job.completed", **fields)
         elif o.state == "queued":
@@ -278,7 +281,7 @@ class Producer:
         for job_id, r in list(self.running.items()):
             if job_id not in held:
                 emit("skiplock.job.lost", job_id=job_id, task=r.job.task, attempt=r.job.attempt,
-                     worker=self.worker_id, reason="cancelled or lease lost")
+                     worker=self.worker_id, correlation_id=r.job.correlation_id, reason="cancelled or lease lost")
                 r.ctx.mark_cancelled()
                 r.task.cancel()
                 del self.running[job_id]
@@ -296,7 +299,7 @@ class Producer:
         def check() -> None:
             if self.abandoned.get(r.task) is r and not r.overran:
                 emit("skiplock.job.abandoned", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
-                     worker=self.worker_id, kind="task",
+                     worker=self.worker_id, kind="task", correlation_id=r.job.correlation_id,
                      reason=f"still running {OVERRUN_GRACE}s after it was cancelled (it ignores cancellation); "
                             "it holds its slot until it returns")
         asyncio.get_running_loop().call_later(OVERRUN_GRACE, check)

@@ -258,7 +258,7 @@ class Worker:
                         progresses=[db.jsonb(c.pending_progress) for _, c in leftover])
                 for job, _ in leftover:
                     emit("skiplock.job.released", job_id=job.id, task=job.task, attempt=job.attempt,
-                         worker=self.id, released=job.id in released)
+                         worker=self.id, correlation_id=job.correlation_id, released=job.id in released)
                 return
             except Exception as exc:  # noqa: BLE001 - if we cannot release, the rescuer will
                 emit("skiplock.worker.db_error", worker=self.id, during="release", error=str(exc).strip())

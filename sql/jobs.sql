@@ -4,43 +4,45 @@
 -- name: insert_job
 -- One job. With an idempotency key already used in the queue nothing is inserted and
 -- nothing is returned; the caller then reads the existing row (find_by_idempotency_key).
--- One statement is atomic on its own, so no BEGIN/COMMIT: the correlation id for the
--- history rows is set inside it (the `tag` CTE runs before the AFTER trigger that reads it),
--- and so is skiplock.notify = 'deferred' when the caller wakes the workers itself after the
--- commit (wake_queues; the HTTP API does, see skiplock/wakeup.py).
+-- One statement is atomic on its own, so no BEGIN/COMMIT. The row itself records the
+-- submission (created_at, correlation_id): no history row, no trigger function. The `tag` CTE
+-- runs before the insert: it sets skiplock.notify = 'deferred' for the transaction (so the
+-- insert trigger's per-row wakeup, meant for plain SQL, stays off) and sends the statement's
+-- one NOTIFY itself, unless the caller wakes the workers after its commit (wake_queues; the
+-- HTTP API does, see skiplock/wakeup.py).
 WITH tag AS (
-    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
-           CASE WHEN %(defer_notify)s::boolean
-                THEN set_config('skiplock.notify', 'deferred', true) END
+    SELECT set_config('skiplock.notify', 'deferred', true),
+           CASE WHEN NOT %(defer_notify)s::boolean AND coalesce(%(run_at)s::timestamptz, now()) <= now()
+                THEN pg_notify('skiplock_jobs', %(queue)s::text) END
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id)
+                           idempotency_key, batch_id, correlation_id)
 SELECT %(id)s::uuid, %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::smallint,
        coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s::int, %(timeout)s::float8,
-       %(idempotency_key)s::text, %(batch_id)s::uuid
+       %(idempotency_key)s::text, %(batch_id)s::uuid, %(correlation_id)s::text
   FROM tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- name: insert_jobs
 -- Many jobs in one statement (all or none); returns the ids actually inserted (conflicts are
--- skipped). The correlation id is set inside the statement, as in insert_job.
-WITH tag AS (
-    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
-           CASE WHEN %(defer_notify)s::boolean
-                THEN set_config('skiplock.notify', 'deferred', true) END
+-- skipped). Wakeup as in insert_job: one NOTIFY per queue with a job due now.
+WITH i AS (
+    SELECT * FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+                         %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
+                         %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
+           AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id)
+), tag AS (
+    SELECT set_config('skiplock.notify', 'deferred', true),
+           (SELECT count(pg_notify('skiplock_jobs', d.queue))
+              FROM (SELECT DISTINCT i.queue FROM i WHERE coalesce(i.run_at, now()) <= now()) d
+             WHERE NOT %(defer_notify)s::boolean)
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id)
+                           idempotency_key, batch_id, correlation_id)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
-       i.timeout, i.idempotency_key, i.batch_id
-  FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
-              %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
-              %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
-       AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id),
-       tag
+       i.timeout, i.idempotency_key, i.batch_id, %(correlation_id)s::text
+  FROM i, tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -57,8 +59,9 @@ SELECT * FROM skiplock.jobs WHERE queue = %(queue)s AND idempotency_key = %(idem
 SELECT * FROM skiplock.jobs WHERE id = %(id)s;
 
 -- name: get_history
+-- The job's timeline: the row's own transitions merged with its history rows.
 SELECT state, at, attempt, worker_id, error, correlation_id
-  FROM skiplock.job_history WHERE job_id = %(id)s ORDER BY id;
+  FROM skiplock.job_timeline WHERE job_id = %(id)s ORDER BY step;
 
 -- name: claim_batch
 -- The hot path. Takes up to %(limit)s due jobs in priority, run_at, id order from the
@@ -90,26 +93,28 @@ UPDATE skiplock.jobs j
                                                      -- hash join over the whole table)
 RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
           j.timeout,
-          j.checkpoint, j.run_at, j.created_at;
+          j.checkpoint, j.run_at, j.created_at, j.correlation_id;
 
 -- name: finish_many_if_held
 -- Acknowledges a batch of outcomes in one statement. Fenced: a row changes only if it is
--- still running under the same attempt and worker that claimed it, so the late answer of
--- a worker whose job was rescued, cancelled or released changes nothing. Returns the ids
--- that changed.
+-- still running (it holds a lease) under the same attempt and worker that claimed it, so the
+-- late answer of a worker whose job was rescued, cancelled or released changes nothing.
+-- Returns the ids that changed. worker_id stays: the row keeps who ran its latest attempt.
 -- Plan: one primary-key probe per input row, whatever the statistics say. The fence on
 -- the worker is a join condition against a column of the input (`o.worker`), not a filter
 -- on jobs: as a filter, statistics taken before anything ran (worker_id all NULL) made the
 -- planner expect one matching row, scan jobs first and re-read the input for each row it
--- found, so acknowledging 1,000 jobs cost a million comparisons. Nor does it say
--- `state = 'running'` (which `worker_id = <us>` already means, by the CHECK
--- jobs_running_has_lease): that offered jobs_lease_idx for the same mistake.
+-- found, so acknowledging 1,000 jobs cost a million comparisons. For the same reason the row
+-- must still be running (worker_id stays after a run) as a join condition too, `j.state =
+-- o.held`: as a filter (`state = 'running'`, or `lease_expires_at IS NOT NULL`) the planner
+-- took a rare value for a selective one and scanned jobs (or jobs_lease_idx) first.
 WITH o AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(states)b::text[]::skiplock.job_state[],
                          %(results)b::jsonb[], %(errors)b::text[], %(run_ats)b::timestamptz[],
                          %(checkpoints)b::jsonb[], %(progresses)b::jsonb[],
-                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]))
-           AS o(id, attempt, state, result, error, run_at, checkpoint, progress, worker)
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]),
+                         array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)b::uuid[])]))
+           AS o(id, attempt, state, result, error, run_at, checkpoint, progress, worker, held)
 )
 UPDATE skiplock.jobs j
    SET state = o.state,
@@ -118,24 +123,24 @@ UPDATE skiplock.jobs j
        run_at = coalesce(o.run_at, j.run_at),
        checkpoint = coalesce(o.checkpoint, j.checkpoint),
        progress = coalesce(o.progress, j.progress),
-       worker_id = NULL,
        lease_expires_at = NULL,
        finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE coalesce(%(now)s, now()) END
   FROM o
- WHERE j.id = o.id AND j.attempt = o.attempt AND j.worker_id = o.worker
+ WHERE j.id = o.id AND j.attempt = o.attempt AND j.worker_id = o.worker AND j.state = o.held
 RETURNING j.id;
 
 -- name: release_many_if_held
 -- Graceful shutdown: jobs still running after the grace period go back to queued, due
 -- now, and the interrupted attempt is given back.
 UPDATE skiplock.jobs j
-   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+   SET state = 'queued', attempt = j.attempt - 1, lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
        progress = coalesce(r.progress, j.progress), checkpoint = coalesce(r.checkpoint, j.checkpoint)
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
-              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS r(id, attempt, checkpoint, progress, worker)
- WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker  -- plan: see finish_many_if_held
+              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS r(id, attempt, checkpoint, progress, worker, held)
+ WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker AND j.state = r.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: release_unknown_holds
@@ -145,7 +150,7 @@ RETURNING j.id;
 -- lease and being rescued as if the worker had died. `known` are the ids the worker runs or
 -- still has to acknowledge; the plan scans jobs_lease_idx (running rows only).
 UPDATE skiplock.jobs j
-   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+   SET state = 'queued', attempt = j.attempt - 1, lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now())
  WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND j.id <> ALL (%(known)s::uuid[])
 RETURNING j.id, j.task, j.attempt + 1 AS attempt;
@@ -155,9 +160,10 @@ RETURNING j.id, j.task, j.attempt + 1 AS attempt;
 UPDATE skiplock.jobs j
    SET progress = coalesce(u.progress, j.progress), checkpoint = coalesce(u.checkpoint, j.checkpoint)
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
-              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS u(id, attempt, checkpoint, progress, worker)
- WHERE j.id = u.id AND j.attempt = u.attempt AND j.worker_id = u.worker  -- plan: see finish_many_if_held
+              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS u(id, attempt, checkpoint, progress, worker, held)
+ WHERE j.id = u.id AND j.attempt = u.attempt AND j.worker_id = u.worker AND j.state = u.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: extend_leases_if_held
@@ -169,12 +175,15 @@ RETURNING j.id;
 -- `mine` reads the snapshot (no lock); `renewable` locks and re-checks the fence.
 WITH h AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[],
-                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-           AS h(id, attempt, worker)
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+                         array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+           AS h(id, attempt, worker, held)
 ), mine AS (
-    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+    SELECT j.id FROM skiplock.jobs j
+      JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held
 ), renewable AS (
-    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+    SELECT j.id FROM skiplock.jobs j
+      JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held
        FOR UPDATE OF j SKIP LOCKED  -- plan: see finish_many_if_held
 ), renewed AS (
     UPDATE skiplock.jobs j
@@ -191,9 +200,10 @@ SELECT m.id, r.id IS NOT NULL AS renewed FROM mine m LEFT JOIN renewed r ON r.id
 -- lease as soon as the holder commits, before a rescuer (which skips locked rows) can take it.
 UPDATE skiplock.jobs j
    SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS h(id, attempt, worker)
- WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker  -- plan: see finish_many_if_held
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS h(id, attempt, worker, held)
+ WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: rescue_expired
@@ -209,7 +219,6 @@ WITH expired AS (
 UPDATE skiplock.jobs j
    SET state = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN 'failed' ELSE 'queued' END::skiplock.job_state,
        last_error = format('lease expired: worker %%s stopped renewing it during attempt %%s', j.worker_id, j.attempt),
-       worker_id = NULL,
        lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
        finished_at = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN coalesce(%(now)s, now()) END

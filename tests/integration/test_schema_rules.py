@@ -31,8 +31,8 @@ def test_every_transition_is_written_to_history_in_the_same_statement(pg_conn):
                     "last_error='boom' WHERE id=%s", (job,))
     pg_conn.execute("SELECT skiplock.cancel(%s)", (job,))
     pg_conn.execute("SELECT skiplock.retry(%s)", (job,))
-    rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_history "
-                           "WHERE job_id=%s ORDER BY id", (job,)).fetchall()
+    rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_timeline "
+                           "WHERE job_id=%s ORDER BY step", (job,)).fetchall()
     assert rows == [("queued", 0, None, None), ("running", 1, "w", None), ("queued", 1, "w", "boom"),
                     ("cancelled", 1, None, None), ("queued", 1, None, None)]
 
