@@ -66,19 +66,74 @@ SELECT state, at, attempt, worker_id, error, correlation_id
 -- name: claim_batch
 -- The hot path. Takes up to %(limit)s due jobs in priority, run_at, id order from the
 -- worker's queues (NULL = all), skipping rows another worker holds and paused queues,
--- and marks them running under a lease, in one statement. The plan is an ordered scan
--- of jobs_claim_idx (tests/integration/test_claim_plan.py checks it).
+-- and marks them running under a lease, in one statement.
+-- Queues do not slow each other: what waits in a queue the worker does not serve, or in a
+-- paused one, is never read. `serve` names the queues to read (the worker's own less the
+-- paused ones; for a worker of every queue while some queue is paused, every queue with a
+-- waiting job less the paused ones, found by one index descent per queue), or NULL for every
+-- queue when none is paused. Then exactly one branch runs (the others stop at their one-time
+-- filter): `one` reads that queue's range of jobs_queue_claim_idx in claim order; `many` takes
+-- the first 2 x limit of each queue's range as candidates and locks them in claim order,
+-- skipping those another claim holds (so a claim running beside it still fills up);
+-- `every` reads jobs_claim_idx in claim order. `asked` hides the worker's queues from the
+-- planner, so a plan for given values is no cheaper than the generic one and PostgreSQL
+-- keeps the prepared statement's generic plan instead of planning this statement at every
+-- claim (planning it costs about as much as running it). tests/integration/test_claim_plan.py checks
+-- the plans.
 -- Its commit waits for the WAL flush like any other: with synchronous_commit off a server
 -- crash could forget a claim whose handler already runs, and the same worker could then
 -- claim the job again under the same (attempt, worker) fence, so the first run's answer
 -- would count for the second. (Off saved ~0.3 ms of each pickup; correctness first.)
-WITH claimed AS (
+WITH asked AS MATERIALIZED (
+    SELECT %(queues)s::text[] AS queues
+), serve AS MATERIALIZED (
+    SELECT CASE
+             WHEN (SELECT a.queues FROM asked a) IS NOT NULL THEN
+               ARRAY(SELECT w.q FROM unnest((SELECT a.queues FROM asked a)) AS w(q)
+                      WHERE NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+             WHEN EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.paused) THEN
+               ARRAY(WITH RECURSIVE waiting(q) AS (
+                       SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued'
+                       UNION ALL
+                       SELECT (SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued' AND k.queue > w.q)
+                         FROM waiting w WHERE w.q IS NOT NULL)
+                     SELECT w.q FROM waiting w
+                      WHERE w.q IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+           END AS queues
+), one AS (
     SELECT j.id
       FROM skiplock.jobs j
-     WHERE j.state = 'queued'
+     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1
+       AND j.queue = (SELECT s.queues[1] FROM serve s)
+       AND j.state = 'queued'
        AND j.run_at <= coalesce(%(now)s, now())
-       AND (%(queues)s::text[] IS NULL OR j.queue = ANY (%(queues)s::text[]))
-       AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = j.queue AND p.paused)
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), candidates AS (
+    SELECT c.id
+      FROM unnest((SELECT s.queues FROM serve s)) AS w(q)
+     CROSS JOIN LATERAL (
+           SELECT k.id FROM skiplock.jobs k
+            WHERE k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+            ORDER BY k.priority, k.run_at, k.id
+            LIMIT 2 * %(limit)s) c
+     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1
+), many AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
+       AND j.state = 'queued'                             -- expects of a LIMIT it does not know
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), every AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT s.queues FROM serve s) IS NULL
+       AND j.state = 'queued' AND j.id IS NOT NULL  -- jobs_claim_idx (see its comment)
+       AND j.run_at <= coalesce(%(now)s, now())
      ORDER BY j.priority, j.run_at, j.id
      LIMIT %(limit)s
        FOR UPDATE OF j SKIP LOCKED
@@ -89,8 +144,8 @@ UPDATE skiplock.jobs j
        worker_id = %(worker_id)s,
        lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s),
        started_at = coalesce(%(now)s, now())
- WHERE j.id = ANY (ARRAY(SELECT id FROM claimed))  -- primary-key probes (a join became a
-                                                     -- hash join over the whole table)
+ WHERE j.id = ANY (ARRAY(SELECT id FROM one UNION ALL SELECT id FROM many UNION ALL SELECT id FROM every))
+       -- primary-key probes (a join became a hash join over the whole table)
 RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
           j.timeout,
           j.checkpoint, j.run_at, j.created_at, j.correlation_id;

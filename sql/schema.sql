@@ -91,9 +91,16 @@ ALTER TABLE skiplock.jobs SET (
     autovacuum_vacuum_cost_delay = 1
 );
 
--- Serves exactly the claim query (sql/jobs.sql: claim_batch): queued rows only, in
--- claim order. Rows leave the index as soon as they are claimed.
-CREATE INDEX jobs_claim_idx ON skiplock.jobs (priority, run_at, id) WHERE state = 'queued';
+-- Serve the claim (sql/jobs.sql: claim_batch): queued rows only, in claim order. Rows leave
+-- them as soon as they are claimed. jobs_queue_claim_idx holds each queue's rows apart, so a
+-- claim from some queues never walks past the rows of others (paused, or served by other
+-- workers); it also finds the queues that have waiting jobs, one index descent each.
+-- jobs_claim_idx holds every queue's rows together, for a worker of every queue while none is
+-- paused. Its predicate says `id IS NOT NULL` (always true) so that only a query saying so
+-- may use it: a claim from one queue cannot pick it and filter the other queues' rows out,
+-- which the planner may otherwise find as cheap when it cannot see which queue is asked for.
+CREATE INDEX jobs_claim_idx ON skiplock.jobs (priority, run_at, id) WHERE state = 'queued' AND id IS NOT NULL;
+CREATE INDEX jobs_queue_claim_idx ON skiplock.jobs (queue, priority, run_at, id) WHERE state = 'queued';
 -- The rescuer's scan: running rows whose lease expired.
 CREATE INDEX jobs_lease_idx ON skiplock.jobs (lease_expires_at) WHERE state = 'running';
 -- Idempotency: one job per (queue, key), whatever races.
