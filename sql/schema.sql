@@ -65,8 +65,13 @@ CREATE TABLE skiplock.jobs (
     -- request that set its own.
     correlation_id   text                DEFAULT nullif(current_setting('skiplock.correlation_id', true), ''),
     CONSTRAINT jobs_pkey PRIMARY KEY (id),
-    CONSTRAINT jobs_task_format CHECK (task ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
-    CONSTRAINT jobs_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    -- Names: a task is 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or _; a queue 1-63 of
+    -- a-z 0-9 _ . - not starting with . or -. Written as a length and two searches for a bad
+    -- character, which cost a fraction of one anchored pattern with a repeat count (the
+    -- pattern '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' and its queue twin took about half of a bulk
+    -- insert's time).
+    CONSTRAINT jobs_task_format CHECK (length(task) BETWEEN 1 AND 128 AND task !~ '[^A-Za-z0-9_.:-]' AND task !~ '^[0-9.:-]'),
+    CONSTRAINT jobs_queue_format CHECK (length(queue) BETWEEN 1 AND 63 AND queue !~ '[^a-z0-9_.-]' AND queue !~ '^[.-]'),
     CONSTRAINT jobs_priority_range CHECK (priority BETWEEN 0 AND 2),
     CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT jobs_attempt_nonnegative CHECK (attempt >= 0),
@@ -139,7 +144,7 @@ CREATE TABLE skiplock.queues (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT queues_pkey PRIMARY KEY (name),
-    CONSTRAINT queues_name_format CHECK (name ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT queues_name_format CHECK (length(name) BETWEEN 1 AND 63 AND name !~ '[^a-z0-9_.-]' AND name !~ '^[.-]'),
     CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0)
 );
 
@@ -168,8 +173,8 @@ CREATE TABLE skiplock.tasks (
     worker_id    text,
     updated_at   timestamptz      NOT NULL DEFAULT now(),
     CONSTRAINT tasks_pkey PRIMARY KEY (name),
-    CONSTRAINT tasks_name_format CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
-    CONSTRAINT tasks_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT tasks_name_format CHECK (length(name) BETWEEN 1 AND 128 AND name !~ '[^A-Za-z0-9_.:-]' AND name !~ '^[0-9.:-]'),
+    CONSTRAINT tasks_queue_format CHECK (length(queue) BETWEEN 1 AND 63 AND queue !~ '[^a-z0-9_.-]' AND queue !~ '^[.-]'),
     CONSTRAINT tasks_priority_range CHECK (priority BETWEEN 0 AND 2),
     CONSTRAINT tasks_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT tasks_timeout_positive CHECK (timeout IS NULL OR timeout > 0)
