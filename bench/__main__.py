@@ -102,6 +102,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         d = step(r, "drain", drain)
         conc = d.get("best", {}).get("concurrency", 200) if isinstance(d, dict) else 200
         step(r, "latency", lambda: ours.latency(server, logdir, n=200 if quick else 500))
+        step(r, "latency_floor", lambda: ours.latency_floor(server, logdir, n=200 if quick else 500))
+
+        def isolation() -> dict[str, Any]:
+            with server.database("isolation") as url:
+                return floor.claim_isolation(url, 100_000 if quick else 1_000_000)
+
+        step(r, "isolation", isolation)
 
         def backlog() -> dict[str, Any]:
             big = 200_000 if quick else 1_000_000
@@ -131,7 +138,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     def pgq_drain() -> dict[str, Any]:
                         runs = [peers.drain(server, "pgqueuer", logdir, drain_n, stop_at=drain_n // 2, batch=b)
                                 for b in (10, 100)]
-                        return {"runs": runs, "best": max(runs, key=lambda x: x["rate"])}
+                        best = max(runs, key=lambda x: x["rate"])
+                        two = peers.drain(server, "pgqueuer", logdir, drain_n, stop_at=drain_n // 2, processes=2,
+                                          batch=best["batch"])
+                        return {"runs": runs, "best": best, "two_processes": two}
                     step(sys_results, "drain", pgq_drain)
                 else:
                     def pro_drain() -> dict[str, Any]:
@@ -153,7 +163,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, "
-                   "latency, backlog, queues, memory), beside the floor; results.json is not written")
+                   "latency, latency_floor, isolation, backlog, queues, memory), beside the floor; results.json is "
+                   "not written")
     args = p.parse_args()
     if args.only:
         ONLY.update(x.strip() for x in args.only.split(",") if x.strip())

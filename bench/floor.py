@@ -167,3 +167,50 @@ def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
                             "checkpoints": None, "progresses": None, "now": None}).fetchall()
             done += len(rows)
         return done / (time.perf_counter() - t)
+
+
+def claim_isolation(url: str, backlog: int, rounds: int = 200) -> dict[str, float]:
+    """Milliseconds per claim_batch (LIMIT 10) taking the one job of queue `urgent`, medians of
+    `rounds` (fewer if they take more than ~5 s): with nothing else waiting; while `backlog`
+    jobs wait in queue `bulk` (the worker serves `urgent` only); and once `bulk` is paused (a
+    worker serving `urgent`, and one serving every queue). Each round inserts one `urgent` job,
+    times its claim, then acknowledges it."""
+    import statistics
+
+    from skiplock.sql import q
+
+    from skiplock.job import uuid7
+
+    from .ours import load
+
+    claim, ack = q("claim_batch"), q("finish_many_if_held")
+    base = {"task": "noop", "args": "{}", "queue": "urgent", "priority": 1, "run_at": None, "max_attempts": 3,
+            "timeout": None, "idempotency_key": None, "batch_id": None, "correlation_id": None,
+            "defer_notify": True}
+
+    def rounds_ms(c: psycopg.Connection[Any], queues: list[str] | None) -> float:
+        times: list[float] = []
+        while len(times) < rounds and (len(times) < 10 or sum(times) < 5000):  # at most ~5 s when slow
+            c.execute(q("insert_job"), {**base, "id": uuid7()}).fetchall()
+            t = time.perf_counter()
+            rows = c.execute(claim, {"worker_id": "bench", "queues": queues, "limit": 10, "lease_seconds": 60,
+                                     "now": None}).fetchall()
+            times.append((time.perf_counter() - t) * 1000)
+            assert [r[3] for r in rows] == ["urgent"], rows
+            c.execute(ack, {"worker_id": "bench", "ids": [r[0] for r in rows], "attempts": [r[5] for r in rows],
+                            "states": ["succeeded"] * len(rows), "results": None, "errors": None, "run_ats": None,
+                            "checkpoints": None, "progresses": None, "now": None}).fetchall()
+        return statistics.median(times)
+
+    out: dict[str, float] = {"backlog": backlog}
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        c.execute("TRUNCATE skiplock.jobs, skiplock.job_history, skiplock.queues")
+        out["alone_ms"] = rounds_ms(c, ["urgent"])
+        out["alone_all_ms"] = rounds_ms(c, None)
+    load(url, backlog, queue="bulk")
+    with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+        out["other_waiting_ms"] = rounds_ms(c, ["urgent"])
+        c.execute("INSERT INTO skiplock.queues (name, paused) VALUES ('bulk', true)")
+        out["other_paused_ms"] = rounds_ms(c, ["urgent"])
+        out["other_paused_all_ms"] = rounds_ms(c, None)
+    return out

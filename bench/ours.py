@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from skiplock import JobSpec, enqueue, enqueue_many
+from skiplock.job import QUEUE_RE
 
 from . import tasks as _tasks  # noqa: F401 - registers the bench's task handlers
 from .env import Server, execute, rss_mb, sample_drain, scalar, skiplock_worker, stop
@@ -48,13 +49,17 @@ def enqueue_bulk(url: str, n: int, per_call: int = 10_000) -> float:
     return asyncio.run(go())
 
 
-def load(url: str, n: int, *, queues: int = 1, mixed_priorities: bool = False) -> None:
-    """Queue `n` no-op jobs with one INSERT … SELECT generate_series (the insert trigger writes
-    their history as for any insert), then VACUUM ANALYZE, as a settled backlog would be."""
-    queue = f"'q' || (g % {int(queues)})::text" if queues > 1 else "'default'"
+def load(url: str, n: int, *, queues: int = 1, mixed_priorities: bool = False, queue: str = "default") -> None:
+    """Queue `n` no-op jobs with one INSERT … SELECT generate_series, then VACUUM ANALYZE, as a
+    settled backlog would be. No NOTIFY per row (skiplock.notify = 'deferred', as the engine's
+    own inserts): no worker is listening yet."""
+    if not QUEUE_RE.match(queue):
+        raise ValueError(f"bad queue name {queue!r}")
+    queue = f"'q' || (g % {int(queues)})::text" if queues > 1 else f"'{queue}'"
     prio = "(g % 3)::smallint" if mixed_priorities else "1::smallint"
-    execute(url, f"INSERT INTO skiplock.jobs (task, queue, priority) SELECT 'noop', {queue}, {prio} "
-                 f"FROM generate_series(1, {int(n)}) g",
+    execute(url, f"WITH quiet AS (SELECT set_config('skiplock.notify', 'deferred', true)) "
+                 f"INSERT INTO skiplock.jobs (task, queue, priority) SELECT 'noop', {queue}, {prio} "
+                 f"FROM generate_series(1, {int(n)}) g, quiet",
             "VACUUM ANALYZE skiplock.jobs", "VACUUM ANALYZE skiplock.job_history")
 
 
@@ -149,47 +154,102 @@ def memory(server: Server, logdir: Path, *, n: int = 100_000, concurrency: int =
 __all__ = ["drain", "enqueue_bulk", "enqueue_one_per_tx", "latency", "load", "memory", "rss_mb"]
 
 
-def http(server: Server, logdir: Path, *, clients: int = 32, n: int = 6400, bulk_jobs: int = 1000,
-         bulk_requests: int = 20) -> dict[str, Any]:
-    """POST /jobs from `clients` keep-alive connections, and POST /jobs/bulk (`bulk_jobs` a
-    request, 4 clients), against `python -m app api` (one process, defaults)."""
+def _wait_http(port: int, proc: Any, log: Path) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()  # noqa: S310
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the server did not start (see {log})") from None
+            time.sleep(0.1)
+
+
+def _http_load(port: int, url: str, path: str, conc: int, count: int, body: Any) -> dict[str, Any]:
     import json as _json
     import subprocess
     import sys
 
+    from .env import ROOT, skiplock_env
+
+    out = subprocess.run([sys.executable, "-m", "bench.http_load", str(port), path, str(conc), str(count),
+                          _json.dumps(body)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env=skiplock_env(url))
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    result: dict[str, Any] = _json.loads(out.stdout)
+    return result
+
+
+def http(server: Server, logdir: Path, *, clients: int = 32, n: int = 6400, bulk_jobs: int = 1000,
+         bulk_requests: int = 20) -> dict[str, Any]:
+    """POST /jobs from `clients` keep-alive connections, and POST /jobs/bulk (`bulk_jobs` a
+    request, 4 clients), against `python -m app api` (one process, defaults); then the same
+    POST /jobs load against an empty Starlette endpoint served the same way (bench/empty_app.py),
+    the framework's own ceiling on this machine."""
+    import sys
+
     from app.embedded_pg import free_port
 
-    from .env import ROOT, skiplock_env, spawn
+    from .env import skiplock_env, spawn
 
+    body = {"task": "noop", "args": {}}
     port = free_port()
     with server.database("http") as url:
-        api = spawn([sys.executable, "-m", "app", "api", "--port", str(port)], skiplock_env(url), logdir / "api.log")
+        log = logdir / "api.log"
+        api = spawn([sys.executable, "-m", "app", "api", "--port", str(port)], skiplock_env(url), log)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    import urllib.request
-
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()  # noqa: S310
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or api.poll() is not None:
-                        raise RuntimeError(f"the API did not start (see {logdir / 'api.log'})") from None
-                    time.sleep(0.1)
-
-            def load(path: str, conc: int, count: int, body: Any) -> dict[str, Any]:
-                out = subprocess.run([sys.executable, "-m", "bench.http_load", str(port), path, str(conc), str(count),
-                                      _json.dumps(body)], capture_output=True, text=True, cwd=ROOT, timeout=600,
-                                     env=skiplock_env(url))
-                if out.returncode != 0:
-                    raise RuntimeError(out.stderr[-2000:])
-                result: dict[str, Any] = _json.loads(out.stdout)
-                return result
-
-            load("/jobs", clients, clients * 10, {"task": "noop", "args": {}})  # warm up
-            one = load("/jobs", clients, n, {"task": "noop", "args": {}})
-            bulk = load("/jobs/bulk", 4, bulk_requests, {"jobs": [{"task": "noop", "args": {}}] * bulk_jobs})
+            _wait_http(port, api, log)
+            _http_load(port, url, "/jobs", clients, clients * 10, body)  # warm up
+            one = _http_load(port, url, "/jobs", clients, n, body)
+            bulk = _http_load(port, url, "/jobs/bulk", 4, bulk_requests, {"jobs": [body] * bulk_jobs})
             bulk["rate"] *= bulk_jobs
         finally:
             stop(api)
-    return {"post_jobs": one, "post_bulk": bulk}
+        port = free_port()
+        log = logdir / "empty_app.log"
+        empty = spawn([sys.executable, "-m", "bench.empty_app", str(port)], skiplock_env(url), log)
+        try:
+            _wait_http(port, empty, log)
+            _http_load(port, url, "/jobs", clients, clients * 10, body)
+            ceiling = _http_load(port, url, "/jobs", clients, n, body)
+        finally:
+            stop(empty)
+    return {"post_jobs": one, "post_bulk": bulk, "empty_post": ceiling}
+
+
+def latency_floor(server: Server, logdir: Path, *, n: int = 500, gap: float = 0.02, warmup: int = 20) -> dict[str, Any]:
+    """The physical floor of pickup latency (bench/floor_latency.py), measured as `latency` is."""
+    import sys
+
+    from .env import skiplock_env, spawn
+    from .floor_latency import ENQUEUE, TABLE
+
+    out = logdir / "latency-floor.txt"
+    out.unlink(missing_ok=True)
+    with server.database("latency_floor", template=None) as url:
+        execute(url, TABLE)
+        proc = spawn([sys.executable, "-m", "bench.floor_latency", "listen", url, str(out)], skiplock_env(url),
+                     logdir / "latency-floor.log")
+        try:
+            deadline = time.monotonic() + 30
+            while "ready" not in _lines(out):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the floor listener did not start")
+                time.sleep(0.05)
+            with psycopg.connect(url, autocommit=True, prepare_threshold=0) as c:
+                for i in range(warmup + n):
+                    time.sleep(gap)
+                    c.execute(ENQUEUE, (time.time(),)).fetchall()
+                    if i == warmup - 1:
+                        time.sleep(0.5)
+                        out.write_text("")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(_lines(out)) < n:
+                time.sleep(0.05)
+        finally:
+            stop(proc)
+    return percentiles(sorted(float(x) * 1000 for x in _lines(out) if x != "ready"))

@@ -74,19 +74,21 @@ def enqueue(server: Server, system: str, *, n_one: int, n_bulk: int) -> dict[str
     return {"enqueue_one": one, "enqueue_bulk": bulk}
 
 
-def drain(server: Server, system: str, logdir: Path, n: int, *, stop_at: int | None = None,
+def drain(server: Server, system: str, logdir: Path, n: int, *, stop_at: int | None = None, processes: int = 1,
           **opts: Any) -> dict[str, Any]:
-    name = f"{system}_drain_" + "_".join(f"{k}{v}" for k, v in opts.items())
+    name = f"{system}_drain_p{processes}_" + "_".join(f"{k}{v}" for k, v in opts.items())
     with server.database(name, template=None) as url:
         run(system, "setup", url)
         run(system, "load", url, n=n, per=min(n, 10_000))
         execute(url, "VACUUM ANALYZE")
-        proc = worker(system, url, logdir / f"{name}.log", burst=stop_at is None, **opts)
+        procs = [worker(system, url, logdir / f"{name}.{i}.log", burst=stop_at is None, **opts)
+                 for i in range(processes)]
         try:
-            d = sample_drain(url, DONE[system].format(n=n), n, [proc], stop_at=stop_at, timeout=240)
+            d = sample_drain(url, DONE[system].format(n=n), n, procs, stop_at=stop_at, timeout=240)
         finally:
-            stop(proc)
-        return {"rate": d.rate(), **opts}
+            for p in procs:
+                stop(p)
+        return {"rate": d.rate(), "processes": processes, **opts}
 
 
 def latency(server: Server, system: str, logdir: Path, *, n: int = 500, gap: float = 0.02,

@@ -22,6 +22,11 @@ def _n(v: Any, unit: str = "/s") -> str:
     return f"{v:,.0f}{unit}"
 
 
+ISSUE5_HTTP = 2613.0
+"""POST /jobs, 32 clients, in the last run before issue 12 (docs/performance.md of that time):
+the issue's "2x today's figure". Another run, on a machine whose speed moves between days."""
+
+
 def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     """(workload, skiplock, reference, ratio, target, verdict)"""
     out: list[tuple[str, str, str, str, str, str]] = []
@@ -29,8 +34,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     def ratio_row(name: str, ours: Any, ref: Any, ref_name: str, target: float | None, unit: str = "/s",
                   inverse: bool = False) -> None:
         if ours is None or ref is None or not ref:
-            out.append((name, _n(ours, unit), f"{ref_name} {_n(ref, unit)}", "n/a",
-                        f">= {target:.0%}" if target else "", "not measured"))
+            tgt = "" if not target else (f"<= {target:g}x" if inverse else
+                                         f">= {target:g}x" if target >= 1 else f">= {target:.0%}")
+            out.append((name, _n(ours, unit), f"{ref_name} {_n(ref, unit)}", "n/a", tgt, "not measured"))
             return
         ratio = ours / ref
         if target is None:
@@ -44,57 +50,75 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append((name, _n(ours, unit), f"{ref_name} {_n(ref, unit)}", shown, tgt, verdict))
 
     f = r.get("floor", {})
+    sa = r.get("sql_alone") or {}
+    http = r.get("http") or {}
+    lat, lat_floor = r.get("latency") or {}, r.get("latency_floor") or {}
     out.append(("SQL floor: INSERT 1 row/tx, 1 conn", _n(f.get("insert_one")), "", "", "", ""))
     out.append(("SQL floor: INSERT 1,000 rows/stmt", _n(f.get("insert_batch")), "", "", "", ""))
     out.append(("SQL floor: INSERT 1 row/tx, 32 conns", _n(f.get("insert_32")), "", "", "", ""))
     out.append(("SQL floor: claim+finish LIMIT 100/stmt", _n(f.get("claim_finish")), "", "", "", ""))
-    sa = r.get("sql_alone") or {}
-    ratio_row("Skiplock's SQL alone: insert_job, 1/tx", sa.get("insert_one"), f.get("insert_one"), "floor", None)
-    ratio_row("Skiplock's SQL alone: insert_jobs, 10,000/stmt", sa.get("insert_batch"), f.get("insert_batch"),
-              "floor", None)
+    out.append(("floor: pickup p50 (durable INSERT+NOTIFY, delivery, claim)", _n(lat_floor.get("p50"), " ms"),
+                "", "", "", ""))
+    out.append(("floor: empty Starlette POST, same server setup, 32 clients",
+                _n(_get(http, "empty_post", "rate")), "", "", "", ""))
+
     ratio_row("Skiplock's SQL alone: claim 200 + ack 200, serial", sa.get("claim_ack"), f.get("claim_finish"),
-              "floor", None)
-    ratio_row("enqueue, Python, 1 job/tx", _get(r, "enqueue", "one"), f.get("insert_one"), "floor", 0.8)
-    ratio_row("enqueue, Python, 1 job/tx vs its SQL alone", _get(r, "enqueue", "one"), sa.get("insert_one"),
-              "SQL alone", None)
-    ratio_row("enqueue, Python bulk, 10,000/call", _get(r, "enqueue", "bulk"), f.get("insert_batch"), "floor", 0.5)
-    ratio_row("enqueue, Python bulk vs its SQL alone", _get(r, "enqueue", "bulk"), sa.get("insert_batch"),
-              "SQL alone", None)
-    ratio_row("enqueue, HTTP POST /jobs, 32 clients", _get(r, "http", "post_jobs", "rate"), f.get("insert_32"),
               "floor", 0.5)
-    ratio_row("enqueue, HTTP POST /jobs/bulk (1,000/req)", _get(r, "http", "post_bulk", "rate"),
-              f.get("insert_batch"), "floor", None)
+    ratio_row("Skiplock's SQL alone: insert_job, 1/tx", sa.get("insert_one"), f.get("insert_one"), "floor", 0.9)
+    ratio_row("Skiplock's SQL alone: insert_jobs, 10,000/stmt", sa.get("insert_batch"), f.get("insert_batch"),
+              "floor", 0.7)
     best = _get(r, "drain", "best")
     drain = best["rate"] if isinstance(best, dict) else None
     label = f"drain, 1 process (c={best['concurrency']})" if isinstance(best, dict) else "drain, 1 process"
-    ratio_row(label, drain, f.get("claim_finish"), "floor", 0.4)
-    ratio_row("drain, 1 process vs its SQL alone (serial)", drain, sa.get("claim_ack"), "SQL alone", None)
-    ratio_row("drain, 2 processes", _get(r, "drain", "two_processes", "rate"), f.get("claim_finish"), "floor", None)
-    for system in ("pgqueuer", "procrastinate"):
-        peer = _get(r, system, "drain", "best", "rate")
-        if peer is not None or system == "pgqueuer":
-            ratio_row(f"drain, 1 process vs {system} best", drain, peer, system, 2.0 if system == "pgqueuer" else None)
-        for kind, ref_key in (("one", "enqueue_one"), ("bulk", "enqueue_bulk")):
-            peer_enq = _get(r, system, "enqueue", ref_key)
-            if peer_enq is not None:
-                ratio_row(f"enqueue {kind} vs {system}", _get(r, "enqueue", kind), peer_enq, system, None)
-    lat = r.get("latency") or {}
-    for p, target in (("p50", 2.0), ("p95", None), ("p99", 5.0)):
-        v = lat.get(p)
-        verdict = "" if target is None or v is None else ("met" if v <= target else "NOT MET")
-        out.append((f"pickup latency {p}, idle worker", _n(v, " ms"), "", "", f"<= {target:g} ms" if target else "",
-                    verdict))
-        for system in ("pgqueuer", "procrastinate"):
-            peer = _get(r, system, "latency", p)
-            if peer is not None:
-                ratio_row(f"pickup latency {p} vs {system}", v, peer, system,
-                          0.5 if system == "pgqueuer" and p in ("p50", "p99") else None, unit=" ms", inverse=True)
+    two = _get(r, "drain", "two_processes", "rate")
+    ratio_row(f"{label} vs its SQL alone", drain, sa.get("claim_ack"), "SQL alone", 0.85)
+    ratio_row("drain, 1 process vs PgQueuer best", drain, _get(r, "pgqueuer", "drain", "best", "rate"), "PgQueuer",
+              2.0)
+    ratio_row("drain, 2 processes vs 1 process", two, drain, "1 process", 1.5)
+    ratio_row("drain, 2 processes vs PgQueuer 2 processes", two, _get(r, "pgqueuer", "drain", "two_processes", "rate"),
+              "PgQueuer", 2.0)
+    ratio_row("enqueue, Python, 1 job/tx vs its SQL alone", _get(r, "enqueue", "one"), sa.get("insert_one"),
+              "SQL alone", 0.9)
+    ratio_row("enqueue, Python, 1 job/tx vs PgQueuer", _get(r, "enqueue", "one"),
+              _get(r, "pgqueuer", "enqueue", "enqueue_one"), "PgQueuer", 1.0)
+    ratio_row("enqueue, Python bulk 10,000/call vs its SQL alone", _get(r, "enqueue", "bulk"),
+              sa.get("insert_batch"), "SQL alone", 0.8)
+    ratio_row("enqueue, Python bulk vs PgQueuer", _get(r, "enqueue", "bulk"),
+              _get(r, "pgqueuer", "enqueue", "enqueue_bulk"), "PgQueuer", 1.0)
+    ratio_row("HTTP POST /jobs, 32 clients vs empty Starlette POST", _get(http, "post_jobs", "rate"),
+              _get(http, "empty_post", "rate"), "empty POST", 0.6)
+    ratio_row("HTTP POST /jobs, 32 clients vs issue 5's figure (another run)", _get(http, "post_jobs", "rate"),
+              ISSUE5_HTTP, "issue 5", 2.0)
+    ratio_row("HTTP POST /jobs/bulk (1,000/req) vs floor", _get(http, "post_bulk", "rate"), f.get("insert_batch"),
+              "floor", None)
+    ratio_row("pickup latency p50 vs physical floor", lat.get("p50"), lat_floor.get("p50"), "floor", 1.5,
+              unit=" ms", inverse=True)
+    ratio_row("pickup latency p50 vs PgQueuer", lat.get("p50"), _get(r, "pgqueuer", "latency", "p50"), "PgQueuer",
+              1.0, unit=" ms", inverse=True)
+    for p in ("p95", "p99"):
+        ratio_row(f"pickup latency {p} vs PgQueuer", lat.get(p), _get(r, "pgqueuer", "latency", p), "PgQueuer", None,
+                  unit=" ms", inverse=True)
+    iso = r.get("isolation") or {}
+    n = f"{iso.get('backlog', 0):,}"
+    ratio_row(f"claim of 1 job (queue urgent) while {n} wait in queue bulk", iso.get("other_waiting_ms"),
+              iso.get("alone_ms"), "nothing else", 2.0, unit=" ms", inverse=True)
+    ratio_row(f"same, {n} paused in bulk, worker of urgent", iso.get("other_paused_ms"), iso.get("alone_ms"),
+              "nothing else", 2.0, unit=" ms", inverse=True)
+    ratio_row(f"same, {n} paused in bulk, worker of every queue", iso.get("other_paused_all_ms"),
+              iso.get("alone_all_ms"), "nothing else", 2.0, unit=" ms", inverse=True)
     b = r.get("backlog") or {}
     ratio_row(f"drain with {b.get('queued_large', 0):,} queued vs {b.get('queued_small', 0):,}",
-              b.get("rate_large"), b.get("rate_small"), "small", 0.8)
+              b.get("rate_large"), b.get("rate_small"), "small", 0.9)
     qd = r.get("queues") or {}
     ratio_row("drain, 100 queues + mixed priorities vs 1 queue", qd.get("many_queues"), qd.get("one_queue"),
-              "1 queue", 0.7)
+              "1 queue", 0.8)
+    for kind, ref_key in (("1 job/tx", "enqueue_one"), ("bulk", "enqueue_bulk")):
+        ratio_row(f"enqueue {kind} vs Procrastinate", _get(r, "enqueue", "one" if kind == "1 job/tx" else "bulk"),
+                  _get(r, "procrastinate", "enqueue", ref_key), "Procrastinate", None)
+    ratio_row("drain, 1 process vs Procrastinate best", drain, _get(r, "procrastinate", "drain", "best", "rate"),
+              "Procrastinate", None)
+    ratio_row("pickup latency p50 vs Procrastinate", lat.get("p50"), _get(r, "procrastinate", "latency", "p50"),
+              "Procrastinate", None, unit=" ms", inverse=True)
     m = r.get("memory") or {}
     mx = m.get("max_mb")
     grow = (m.get("last_quarter_mb") or 0) - (m.get("first_quarter_mb") or 0)

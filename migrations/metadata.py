@@ -48,6 +48,7 @@ jobs = Table(
     Column("started_at", DateTime(timezone=True)),
     Column("finished_at", DateTime(timezone=True)),
     Column("attempt_base", Integer, nullable=False),
+    Column("correlation_id", Text),
 )
 
 job_history = Table(

@@ -18,12 +18,13 @@ class JobContext:
     and `progress` are stored promptly, fenced to this attempt, and both are visible in psql
     (`skiplock.jobs.checkpoint`, `.progress`). Both work from async and sync handlers, and
     both raise InvalidInput, in the handler, for a value that cannot be stored (see
-    skiplock.storable) or is larger than `max_json_bytes`.
+    skiplock.storable) or is larger than `max_json_bytes`. `correlation_id` is the id of the
+    request that submitted the job (None if it had none).
     """
 
     def __init__(self, *, job_id: uuid.UUID, task: str, queue: str, attempt: int, max_attempts: int,
                  checkpoint: Any, worker_id: str, on_update: Callable[[JobContext], None],
-                 max_json_bytes: int = MAX_RESULT_BYTES) -> None:
+                 max_json_bytes: int = MAX_RESULT_BYTES, correlation_id: str | None = None) -> None:
         self.job_id = job_id
         self.task = task
         self.queue = queue
@@ -31,6 +32,7 @@ class JobContext:
         self.max_attempts = max_attempts
         self.checkpoint = checkpoint
         self.worker_id = worker_id
+        self.correlation_id = correlation_id
         self._on_update = on_update
         self.max_json_bytes = max_json_bytes
         self._cancelled = False  # set from the event loop, read from any thread: a plain flag

@@ -72,3 +72,4 @@ class ClaimedJob:
     checkpoint: Any
     run_at: datetime
     created_at: datetime
+    correlation_id: str | None

@@ -4,43 +4,45 @@
 -- name: insert_job
 -- One job. With an idempotency key already used in the queue nothing is inserted and
 -- nothing is returned; the caller then reads the existing row (find_by_idempotency_key).
--- One statement is atomic on its own, so no BEGIN/COMMIT: the correlation id for the
--- history rows is set inside it (the `tag` CTE runs before the AFTER trigger that reads it),
--- and so is skiplock.notify = 'deferred' when the caller wakes the workers itself after the
--- commit (wake_queues; the HTTP API does, see skiplock/wakeup.py).
+-- One statement is atomic on its own, so no BEGIN/COMMIT. The row itself records the
+-- submission (created_at, correlation_id): no history row, no trigger function. The `tag` CTE
+-- runs before the insert: it sets skiplock.notify = 'deferred' for the transaction (so the
+-- insert trigger's per-row wakeup, meant for plain SQL, stays off) and sends the statement's
+-- one NOTIFY itself, unless the caller wakes the workers after its commit (wake_queues; the
+-- HTTP API does, see skiplock/wakeup.py).
 WITH tag AS (
-    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
-           CASE WHEN %(defer_notify)s::boolean
-                THEN set_config('skiplock.notify', 'deferred', true) END
+    SELECT set_config('skiplock.notify', 'deferred', true),
+           CASE WHEN NOT %(defer_notify)s::boolean AND coalesce(%(run_at)s::timestamptz, now()) <= now()
+                THEN pg_notify('skiplock_jobs', %(queue)s::text) END
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id)
+                           idempotency_key, batch_id, correlation_id)
 SELECT %(id)s::uuid, %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::smallint,
        coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s::int, %(timeout)s::float8,
-       %(idempotency_key)s::text, %(batch_id)s::uuid
+       %(idempotency_key)s::text, %(batch_id)s::uuid, %(correlation_id)s::text
   FROM tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
 -- name: insert_jobs
 -- Many jobs in one statement (all or none); returns the ids actually inserted (conflicts are
--- skipped). The correlation id is set inside the statement, as in insert_job.
-WITH tag AS (
-    SELECT CASE WHEN %(correlation_id)s::text IS NOT NULL
-                THEN set_config('skiplock.correlation_id', %(correlation_id)s::text, true) END,
-           CASE WHEN %(defer_notify)s::boolean
-                THEN set_config('skiplock.notify', 'deferred', true) END
+-- skipped). Wakeup as in insert_job: one NOTIFY per queue with a job due now.
+WITH i AS (
+    SELECT * FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
+                         %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
+                         %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
+           AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id)
+), tag AS (
+    SELECT set_config('skiplock.notify', 'deferred', true),
+           (SELECT count(pg_notify('skiplock_jobs', d.queue))
+              FROM (SELECT DISTINCT i.queue FROM i WHERE coalesce(i.run_at, now()) <= now()) d
+             WHERE NOT %(defer_notify)s::boolean)
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id)
+                           idempotency_key, batch_id, correlation_id)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
-       i.timeout, i.idempotency_key, i.batch_id
-  FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
-              %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
-              %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
-       AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id),
-       tag
+       i.timeout, i.idempotency_key, i.batch_id, %(correlation_id)s::text
+  FROM i, tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id;
 
@@ -65,25 +67,81 @@ SELECT j.*
 SELECT * FROM skiplock.jobs WHERE id = %(id)s;
 
 -- name: get_history
+-- The job's timeline: the row's own transitions merged with its history rows.
 SELECT state, at, attempt, worker_id, error, correlation_id
-  FROM skiplock.job_history WHERE job_id = %(id)s ORDER BY id;
+  FROM skiplock.job_timeline WHERE job_id = %(id)s ORDER BY step;
 
 -- name: claim_batch
 -- The hot path. Takes up to %(limit)s due jobs in priority, run_at, id order from the
 -- worker's queues (NULL = all), skipping rows another worker holds and paused queues,
--- and marks them running under a lease, in one statement. The plan is an ordered scan
--- of jobs_claim_idx (tests/integration/test_claim_plan.py checks it).
+-- and marks them running under a lease, in one statement.
+-- Queues do not slow each other: what waits in a queue the worker does not serve, or in a
+-- paused one, is never read. `serve` names the queues to read (the worker's own less the
+-- paused ones; for a worker of every queue while some queue is paused, every queue with a
+-- waiting job less the paused ones, found by one index descent per queue), or NULL for every
+-- queue when none is paused. Then exactly one branch runs (the others stop at their one-time
+-- filter): `one` reads that queue's range of jobs_queue_claim_idx in claim order; `many` takes
+-- the first 2 x limit of each queue's range as candidates and locks them in claim order,
+-- skipping those another claim holds (so a claim running beside it still fills up);
+-- `every` reads jobs_claim_idx in claim order. tests/integration/test_claim_plan.py checks
+-- the plans. `asked` hides the worker's queues from the planner: the plan must not depend
+-- on them anyway, and planning with them known made each claim ~0.3 ms slower (the
+-- statement is still planned at each claim on a large table: with LIMIT known, a custom
+-- plan looks cheaper to PostgreSQL than the prepared generic one).
 -- Its commit waits for the WAL flush like any other: with synchronous_commit off a server
 -- crash could forget a claim whose handler already runs, and the same worker could then
 -- claim the job again under the same (attempt, worker) fence, so the first run's answer
 -- would count for the second. (Off saved ~0.3 ms of each pickup; correctness first.)
-WITH claimed AS (
+WITH asked AS MATERIALIZED (
+    SELECT %(queues)s::text[] AS queues
+), serve AS MATERIALIZED (
+    SELECT CASE
+             WHEN (SELECT a.queues FROM asked a) IS NOT NULL THEN
+               ARRAY(SELECT w.q FROM unnest((SELECT a.queues FROM asked a)) AS w(q)
+                      WHERE NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+             WHEN EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.paused) THEN
+               ARRAY(WITH RECURSIVE waiting(q) AS (
+                       SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued'
+                       UNION ALL
+                       SELECT (SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued' AND k.queue > w.q)
+                         FROM waiting w WHERE w.q IS NOT NULL)
+                     SELECT w.q FROM waiting w
+                      WHERE w.q IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+           END AS queues
+), one AS (
     SELECT j.id
       FROM skiplock.jobs j
-     WHERE j.state = 'queued'
+     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1
+       AND j.queue = (SELECT s.queues[1] FROM serve s)
+       AND j.state = 'queued'
        AND j.run_at <= coalesce(%(now)s, now())
-       AND (%(queues)s::text[] IS NULL OR j.queue = ANY (%(queues)s::text[]))
-       AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = j.queue AND p.paused)
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), candidates AS (
+    SELECT c.id
+      FROM unnest((SELECT s.queues FROM serve s)) AS w(q)
+     CROSS JOIN LATERAL (
+           SELECT k.id FROM skiplock.jobs k
+            WHERE k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+            ORDER BY k.priority, k.run_at, k.id
+            LIMIT 2 * %(limit)s) c
+     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1
+), many AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
+       AND j.state = 'queued'                             -- expects of a LIMIT it does not know
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), every AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT s.queues FROM serve s) IS NULL
+       AND j.state = 'queued' AND j.id IS NOT NULL  -- jobs_claim_idx (see its comment)
+       AND j.run_at <= coalesce(%(now)s, now())
      ORDER BY j.priority, j.run_at, j.id
      LIMIT %(limit)s
        FOR UPDATE OF j SKIP LOCKED
@@ -94,17 +152,18 @@ UPDATE skiplock.jobs j
        worker_id = %(worker_id)s,
        lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s),
        started_at = coalesce(%(now)s, now())
- WHERE j.id = ANY (ARRAY(SELECT id FROM claimed))  -- primary-key probes (a join became a
-                                                     -- hash join over the whole table)
+ WHERE j.id = ANY (ARRAY(SELECT id FROM one UNION ALL SELECT id FROM many UNION ALL SELECT id FROM every))
+       -- primary-key probes (a join became a hash join over the whole table)
 RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
           j.timeout,
-          j.checkpoint, j.run_at, j.created_at;
+          j.checkpoint, j.run_at, j.created_at, j.correlation_id;
 
 -- name: finish_many_if_held
 -- Acknowledges a batch of outcomes in one statement. Fenced: a row changes only if it is
--- still running under the same attempt and worker that claimed it, so the late answer of
--- a worker whose job was rescued, cancelled or released changes nothing. Returns each id
--- still held, `done` where its outcome was written.
+-- still running (it holds a lease) under the same attempt and worker that claimed it, so the
+-- late answer of a worker whose job was rescued, cancelled or released changes nothing.
+-- worker_id stays: the row keeps who ran its latest attempt. Returns each id still held,
+-- `done` where its outcome was written.
 -- Locked rows are skipped, not waited for (`o`: FOR UPDATE SKIP LOCKED): a handler that
 -- returned with its own job row still locked (a transaction it left open) must not hold up
 -- the acknowledgement of every other job of its worker. Such a row comes back with `done`
@@ -114,17 +173,20 @@ RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts +
 -- the worker is a join condition against a column of the input (`worker`), not a filter
 -- on jobs: as a filter, statistics taken before anything ran (worker_id all NULL) made the
 -- planner expect one matching row, scan jobs first and re-read the input for each row it
--- found, so acknowledging 1,000 jobs cost a million comparisons. Nor does it say
--- `state = 'running'` (which `worker_id = <us>` already means, by the CHECK
--- jobs_running_has_lease): that offered jobs_lease_idx for the same mistake.
+-- found, so acknowledging 1,000 jobs cost a million comparisons. For the same reason the row
+-- must still be running (worker_id stays after a run) as a join condition too, `j.state =
+-- i.held`: as a filter (`state = 'running'`, or `lease_expires_at IS NOT NULL`) the planner
+-- took a rare value for a selective one and scanned jobs (or jobs_lease_idx) first.
 WITH input AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(attempts)b::int[], %(states)b::text[]::skiplock.job_state[],
                          %(results)b::jsonb[], %(errors)b::text[], %(run_ats)b::timestamptz[],
                          %(checkpoints)b::jsonb[], %(progresses)b::jsonb[],
-                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]))
-           AS i(id, attempt, state, result, error, run_at, checkpoint, progress, worker)
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)b::uuid[])]),
+                         array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)b::uuid[])]))
+           AS i(id, attempt, state, result, error, run_at, checkpoint, progress, worker, held)
 ), o AS (
-    SELECT i.* FROM skiplock.jobs j JOIN input i ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker
+    SELECT i.* FROM skiplock.jobs j
+      JOIN input i ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker AND j.state = i.held
        FOR UPDATE OF j SKIP LOCKED
 ), done AS (
     UPDATE skiplock.jobs j
@@ -134,7 +196,6 @@ WITH input AS (
            run_at = coalesce(o.run_at, j.run_at),
            checkpoint = coalesce(o.checkpoint, j.checkpoint),
            progress = coalesce(o.progress, j.progress),
-           worker_id = NULL,
            lease_expires_at = NULL,
            finished_at = CASE WHEN o.state = 'queued' THEN NULL ELSE coalesce(%(now)s, now()) END
       FROM o
@@ -144,20 +205,21 @@ WITH input AS (
 SELECT id, true AS done FROM done
 UNION ALL
 SELECT i.id, false FROM input i
-  JOIN skiplock.jobs j ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker
+  JOIN skiplock.jobs j ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker AND j.state = i.held
  WHERE i.id NOT IN (SELECT id FROM done);
 
 -- name: release_many_if_held
 -- Graceful shutdown: jobs still running after the grace period go back to queued, due
 -- now, and the interrupted attempt is given back.
 UPDATE skiplock.jobs j
-   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+   SET state = 'queued', attempt = j.attempt - 1, lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
        progress = coalesce(r.progress, j.progress), checkpoint = coalesce(r.checkpoint, j.checkpoint)
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
-              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS r(id, attempt, checkpoint, progress, worker)
- WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker  -- plan: see finish_many_if_held
+              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS r(id, attempt, checkpoint, progress, worker, held)
+ WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker AND j.state = r.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: release_unknown_holds
@@ -167,7 +229,7 @@ RETURNING j.id;
 -- lease and being rescued as if the worker had died. `known` are the ids the worker runs or
 -- still has to acknowledge; the plan scans jobs_lease_idx (running rows only).
 UPDATE skiplock.jobs j
-   SET state = 'queued', attempt = j.attempt - 1, worker_id = NULL, lease_expires_at = NULL,
+   SET state = 'queued', attempt = j.attempt - 1, lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now())
  WHERE j.state = 'running' AND j.worker_id = %(worker_id)s AND j.id <> ALL (%(known)s::uuid[])
 RETURNING j.id, j.task, j.attempt + 1 AS attempt;
@@ -177,9 +239,10 @@ RETURNING j.id, j.task, j.attempt + 1 AS attempt;
 UPDATE skiplock.jobs j
    SET progress = coalesce(u.progress, j.progress), checkpoint = coalesce(u.checkpoint, j.checkpoint)
   FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
-              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS u(id, attempt, checkpoint, progress, worker)
- WHERE j.id = u.id AND j.attempt = u.attempt AND j.worker_id = u.worker  -- plan: see finish_many_if_held
+              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS u(id, attempt, checkpoint, progress, worker, held)
+ WHERE j.id = u.id AND j.attempt = u.attempt AND j.worker_id = u.worker AND j.state = u.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: extend_leases_if_held
@@ -191,12 +254,15 @@ RETURNING j.id;
 -- `mine` reads the snapshot (no lock); `renewable` locks and re-checks the fence.
 WITH h AS (
     SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[],
-                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-           AS h(id, attempt, worker)
+                         array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+                         array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+           AS h(id, attempt, worker, held)
 ), mine AS (
-    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+    SELECT j.id FROM skiplock.jobs j
+      JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held
 ), renewable AS (
-    SELECT j.id FROM skiplock.jobs j JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker
+    SELECT j.id FROM skiplock.jobs j
+      JOIN h ON j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held
        FOR UPDATE OF j SKIP LOCKED  -- plan: see finish_many_if_held
 ), renewed AS (
     UPDATE skiplock.jobs j
@@ -213,9 +279,10 @@ SELECT m.id, r.id IS NOT NULL AS renewed FROM mine m LEFT JOIN renewed r ON r.id
 -- lease as soon as the holder commits, before a rescuer (which skips locked rows) can take it.
 UPDATE skiplock.jobs j
    SET lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s)
-  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]))
-       AS h(id, attempt, worker)
- WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker  -- plan: see finish_many_if_held
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS h(id, attempt, worker, held)
+ WHERE j.id = h.id AND j.attempt = h.attempt AND j.worker_id = h.worker AND j.state = h.held  -- plan: see finish_many_if_held
 RETURNING j.id;
 
 -- name: rescue_expired
@@ -231,7 +298,6 @@ WITH expired AS (
 UPDATE skiplock.jobs j
    SET state = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN 'failed' ELSE 'queued' END::skiplock.job_state,
        last_error = format('lease expired: worker %%s stopped renewing it during attempt %%s', j.worker_id, j.attempt),
-       worker_id = NULL,
        lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
        finished_at = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN coalesce(%(now)s, now()) END

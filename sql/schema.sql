@@ -19,8 +19,9 @@ LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
     'hex')::uuid
 $$;
 
--- Which state may follow which. The only place the rules live; the trigger below
--- asks it for every updated row, whoever runs the UPDATE (worker, API or psql).
+-- Which state may follow which. The only place the rules live; the trigger jobs_after_update
+-- asks it for every updated row off the happy path (a claim and a success are allowed here
+-- too), whoever runs the UPDATE (worker, API or psql).
 CREATE FUNCTION skiplock.transition_allowed(old_state skiplock.job_state, new_state skiplock.job_state)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT CASE old_state
@@ -58,18 +59,29 @@ CREATE TABLE skiplock.jobs (
     -- for the whole life of a job, so (id, attempt) names one claim forever and stays a safe
     -- fence; the job fails once attempt - attempt_base reaches max_attempts.
     attempt_base     integer             NOT NULL DEFAULT 0,
+    -- The id of the request that submitted the job (enqueue(correlation_id=), the HTTP request,
+    -- or the transaction's skiplock.correlation_id setting). Handlers see it as
+    -- ctx.correlation_id; every transition of the job carries it unless made within another
+    -- request that set its own.
+    correlation_id   text                DEFAULT nullif(current_setting('skiplock.correlation_id', true), ''),
     CONSTRAINT jobs_pkey PRIMARY KEY (id),
-    CONSTRAINT jobs_task_format CHECK (task ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
-    CONSTRAINT jobs_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    -- Names: a task is 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or _; a queue 1-63 of
+    -- a-z 0-9 _ . - not starting with . or -. Written as a length and two searches for a bad
+    -- character, which cost a fraction of one anchored pattern with a repeat count (the
+    -- pattern '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' and its queue twin took about half of a bulk
+    -- insert's time).
+    CONSTRAINT jobs_task_format CHECK (length(task) BETWEEN 1 AND 128 AND task !~ '[^A-Za-z0-9_.:-]' AND task !~ '^[0-9.:-]'),
+    CONSTRAINT jobs_queue_format CHECK (length(queue) BETWEEN 1 AND 63 AND queue !~ '[^a-z0-9_.-]' AND queue !~ '^[.-]'),
     CONSTRAINT jobs_priority_range CHECK (priority BETWEEN 0 AND 2),
     CONSTRAINT jobs_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT jobs_attempt_nonnegative CHECK (attempt >= 0),
     CONSTRAINT jobs_attempt_base_range CHECK (attempt_base BETWEEN 0 AND attempt),
     CONSTRAINT jobs_timeout_positive CHECK (timeout IS NULL OR timeout > 0),
     CONSTRAINT jobs_idempotency_key_length CHECK (idempotency_key IS NULL OR length(idempotency_key) BETWEEN 1 AND 255),
-    -- A running job always has a holder and a lease; nothing else has one.
+    -- A running job always has a holder and a lease; nothing else has a lease. worker_id stays
+    -- after the run: it names the worker of the latest claim (the job's timeline needs it).
     CONSTRAINT jobs_running_has_lease CHECK (
-        (state = 'running') = (worker_id IS NOT NULL AND lease_expires_at IS NOT NULL))
+        (state = 'running') = (lease_expires_at IS NOT NULL) AND (state <> 'running' OR worker_id IS NOT NULL))
 );
 
 -- Hot table: rows are updated several times and deleted by the pruner. Vacuum after
@@ -84,9 +96,16 @@ ALTER TABLE skiplock.jobs SET (
     autovacuum_vacuum_cost_delay = 1
 );
 
--- Serves exactly the claim query (sql/jobs.sql: claim_batch): queued rows only, in
--- claim order. Rows leave the index as soon as they are claimed.
-CREATE INDEX jobs_claim_idx ON skiplock.jobs (priority, run_at, id) WHERE state = 'queued';
+-- Serve the claim (sql/jobs.sql: claim_batch): queued rows only, in claim order. Rows leave
+-- them as soon as they are claimed. jobs_queue_claim_idx holds each queue's rows apart, so a
+-- claim from some queues never walks past the rows of others (paused, or served by other
+-- workers); it also finds the queues that have waiting jobs, one index descent each.
+-- jobs_claim_idx holds every queue's rows together, for a worker of every queue while none is
+-- paused. Its predicate says `id IS NOT NULL` (always true) so that only a query saying so
+-- may use it: a claim from one queue cannot pick it and filter the other queues' rows out,
+-- which the planner may otherwise find as cheap when it cannot see which queue is asked for.
+CREATE INDEX jobs_claim_idx ON skiplock.jobs (priority, run_at, id) WHERE state = 'queued' AND id IS NOT NULL;
+CREATE INDEX jobs_queue_claim_idx ON skiplock.jobs (queue, priority, run_at, id) WHERE state = 'queued';
 -- The rescuer's scan: running rows whose lease expired.
 CREATE INDEX jobs_lease_idx ON skiplock.jobs (lease_expires_at) WHERE state = 'running';
 -- Idempotency: one job per (queue, key), whatever races.
@@ -96,6 +115,10 @@ CREATE UNIQUE INDEX jobs_idempotency_key_uniq ON skiplock.jobs (queue, idempoten
 CREATE INDEX jobs_finished_at_idx ON skiplock.jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX jobs_batch_idx ON skiplock.jobs (batch_id) WHERE batch_id IS NOT NULL;
 
+-- What a job's row is about to forget: each earlier run and how it ended (retry with its
+-- error, rescue, release, failure), cancellations, operator retries and changes made by hand
+-- (written by jobs_transition_v1). The happy path writes nothing here: the job row holds it.
+-- skiplock.job_timeline merges both into the job's full sequence of transitions.
 CREATE TABLE skiplock.job_history (
     id             bigint GENERATED ALWAYS AS IDENTITY,
     job_id         uuid                NOT NULL,
@@ -121,7 +144,7 @@ CREATE TABLE skiplock.queues (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT queues_pkey PRIMARY KEY (name),
-    CONSTRAINT queues_name_format CHECK (name ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT queues_name_format CHECK (length(name) BETWEEN 1 AND 63 AND name !~ '[^a-z0-9_.-]' AND name !~ '^[.-]'),
     CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0)
 );
 
@@ -155,99 +178,78 @@ CREATE TABLE skiplock.tasks (
     worker_id    text,
     updated_at   timestamptz      NOT NULL DEFAULT now(),
     CONSTRAINT tasks_pkey PRIMARY KEY (name),
-    CONSTRAINT tasks_name_format CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$'),
-    CONSTRAINT tasks_queue_format CHECK (queue ~ '^[a-z0-9_][a-z0-9_.-]{0,62}$'),
+    CONSTRAINT tasks_name_format CHECK (length(name) BETWEEN 1 AND 128 AND name !~ '[^A-Za-z0-9_.:-]' AND name !~ '^[0-9.:-]'),
+    CONSTRAINT tasks_queue_format CHECK (length(queue) BETWEEN 1 AND 63 AND queue !~ '[^a-z0-9_.-]' AND queue !~ '^[.-]'),
     CONSTRAINT tasks_priority_range CHECK (priority BETWEEN 0 AND 2),
     CONSTRAINT tasks_max_attempts_positive CHECK (max_attempts >= 1),
     CONSTRAINT tasks_timeout_positive CHECK (timeout IS NULL OR timeout > 0)
 );
 
--- Refuses any state change the contract does not allow, and writes each transition to
--- the history in the same statement (set-based: one INSERT per UPDATE statement, not per row).
--- The correlation id comes from the transaction-local setting skiplock.correlation_id.
--- v2: one hash join of the transition tables per statement, read three times. v1 joined them
--- three times, once under LIMIT 1, where the planner chose a nested loop that cost a million
--- comparisons for a statement of 1,000 rows (a claim or an acknowledgement batch).
-CREATE FUNCTION skiplock.jobs_after_update_v2() RETURNS trigger
+-- The happy path (insert, claim, successful acknowledgement) runs no trigger function: the
+-- row itself records it (created_at, started_at by worker_id at attempt, finished_at), and the
+-- WHEN clauses below are evaluated by the executor per row. Any other transition calls
+-- jobs_transition_v1 for that row: it refuses a forbidden transition, records in job_history
+-- what the row is about to forget (the run that ends, and the transition), and wakes the
+-- workers of a job back in its queue.
+CREATE FUNCTION skiplock.jobs_transition_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-  bad_id uuid;
-  bad_old skiplock.job_state;
-  bad_new skiplock.job_state;
-  wake text[];
-  q text;
+  -- A transition made within a request carries that request's id; any other (a worker's) the
+  -- id of the request that submitted the job.
+  cid text := coalesce(nullif(current_setting('skiplock.correlation_id', true), ''), NEW.correlation_id);
 BEGIN
-  WITH t AS MATERIALIZED (
-    SELECT n.id, o.state AS old_state, n.state AS new_state, o.attempt AS old_attempt, n.attempt,
-           coalesce(n.worker_id, o.worker_id) AS worker_id, n.last_error, n.queue, n.run_at
-      FROM old_jobs o JOIN new_jobs n ON n.id = o.id
-  ), history AS (
-    INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
-    SELECT t.id, t.new_state, t.attempt, t.worker_id,
-           CASE WHEN t.old_state = 'running' AND t.new_state IN ('queued', 'failed') THEN t.last_error END,
-           nullif(current_setting('skiplock.correlation_id', true), '')
-      FROM t
-     WHERE t.new_state <> t.old_state OR t.attempt <> t.old_attempt
-  )
-  -- A job back in queued (retry, rescue, release, operator's retry) that is due now
-  -- wakes a sleeping worker, once per queue.
-  SELECT b.id, b.old_state, b.new_state, w.queues INTO bad_id, bad_old, bad_new, wake
-    FROM (SELECT array_agg(DISTINCT t.queue) AS queues FROM t
-           WHERE t.new_state = 'queued' AND t.old_state <> 'queued' AND t.run_at <= now()) w
-    LEFT JOIN LATERAL (SELECT t.id, t.old_state, t.new_state FROM t
-                        WHERE NOT skiplock.transition_allowed(t.old_state, t.new_state) LIMIT 1) b ON true;
-  IF bad_id IS NOT NULL THEN
-    RAISE EXCEPTION 'skiplock: job % cannot go from % to %', bad_id, bad_old, bad_new
+  IF NOT skiplock.transition_allowed(OLD.state, NEW.state) THEN
+    RAISE EXCEPTION 'skiplock: job % cannot go from % to %', NEW.id, OLD.state, NEW.state
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
-  IF wake IS NOT NULL THEN
-    FOREACH q IN ARRAY wake LOOP
-      BEGIN
-        PERFORM pg_notify('skiplock_jobs', q);
-      EXCEPTION WHEN OTHERS THEN
-        NULL;
-      END;
-    END LOOP;
+  -- The run that ends here: the next claim overwrites started_at, worker_id and attempt. A
+  -- worker claimed it, so it carries the job's own correlation id.
+  IF OLD.state = 'running' AND (NEW.state <> 'running' OR NEW.attempt <> OLD.attempt) THEN
+    INSERT INTO skiplock.job_history (job_id, state, at, attempt, worker_id, correlation_id)
+    VALUES (OLD.id, 'running', coalesce(OLD.started_at, clock_timestamp()), OLD.attempt, OLD.worker_id,
+            OLD.correlation_id);
+  END IF;
+  IF NEW.state <> 'running' THEN
+    INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
+    VALUES (NEW.id, NEW.state, NEW.attempt,
+            CASE WHEN OLD.state = 'running' THEN OLD.worker_id END,
+            CASE WHEN OLD.state = 'running' AND NEW.state IN ('queued', 'failed') THEN NEW.last_error END,
+            cid);
+  END IF;
+  -- Back in its queue (retry, rescue, release, operator's retry) and due: wake a sleeping
+  -- worker (Postgres folds identical notifications within a transaction).
+  IF NEW.state = 'queued' AND OLD.state <> 'queued' AND NEW.run_at <= now() THEN
+    PERFORM pg_notify('skiplock_jobs', NEW.queue);
   END IF;
   RETURN NULL;
 END
 $$;
 
--- v2: a submitter that wakes the workers itself after its commit (the HTTP API, see
--- skiplock/wakeup.py) sets skiplock.notify = 'deferred' for its statement, and the trigger
--- sends nothing. A NOTIFY inside a transaction holds a database-wide lock through that
--- transaction's commit (WAL flush), so concurrent submitters that each notify commit one at
--- a time; deferred, their commits group again and one NOTIFY covers many of them.
-CREATE FUNCTION skiplock.jobs_after_insert_v2() RETURNS trigger
+-- Wakes sleeping workers for a job inserted by plain SQL (psql, skiplock.enqueue). The engine's
+-- own insert statements (sql/jobs.sql) send their NOTIFY themselves, once per queue per
+-- statement, or leave it to the caller after the commit (skiplock/wakeup.py): they set
+-- skiplock.notify = 'deferred' for their transaction, so this function is not called per row.
+CREATE FUNCTION skiplock.jobs_wake_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-  q text;
 BEGIN
-  INSERT INTO skiplock.job_history (job_id, state, attempt, correlation_id)
-  SELECT n.id, n.state, n.attempt, nullif(current_setting('skiplock.correlation_id', true), '')
-    FROM new_jobs n;
-  -- Wake sleeping workers: one NOTIFY per queue per statement (Postgres folds identical
-  -- notifications within a transaction). A failed NOTIFY must never fail the insert.
-  IF current_setting('skiplock.notify', true) IS DISTINCT FROM 'deferred' THEN
-    FOR q IN SELECT DISTINCT n.queue FROM new_jobs n WHERE n.state = 'queued' AND n.run_at <= now() LOOP
-      BEGIN
-        PERFORM pg_notify('skiplock_jobs', q);
-      EXCEPTION WHEN OTHERS THEN
-        NULL;
-      END;
-    END LOOP;
-  END IF;
+  PERFORM pg_notify('skiplock_jobs', NEW.queue);
   RETURN NULL;
 END
 $$;
 
+-- Every UPDATE of a succeeded job is refused (succeeded is final); any change of state or
+-- attempt except a claim (queued -> running) and a success (running -> succeeded) goes
+-- through jobs_transition_v1.
 CREATE TRIGGER jobs_after_update AFTER UPDATE ON skiplock.jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_update_v2();
+    FOR EACH ROW WHEN (OLD.state = 'succeeded'
+                       OR ((OLD.state <> NEW.state OR OLD.attempt <> NEW.attempt)
+                           AND NOT (OLD.state = 'queued' AND NEW.state = 'running')
+                           AND NOT (OLD.state = 'running' AND NEW.state = 'succeeded')))
+    EXECUTE FUNCTION skiplock.jobs_transition_v1();
 
 CREATE TRIGGER jobs_after_insert AFTER INSERT ON skiplock.jobs
-    REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION skiplock.jobs_after_insert_v2();
+    FOR EACH ROW WHEN (NEW.run_at <= now() AND current_setting('skiplock.notify', true) IS DISTINCT FROM 'deferred')
+    EXECUTE FUNCTION skiplock.jobs_wake_v1();
 
 -- A job is inserted queued, and a running job is never deleted (cancel it first). The WHEN
 -- clause is checked per row by the executor; the function runs only for a row at fault.
@@ -393,8 +395,8 @@ $$;
 -- The attempt counter is not reset (it is the fencing token of every claim); the attempts
 -- used so far move into attempt_base instead. A round of transitions is bounded by the job's
 -- attempts, but retries are not (retry and cancel alternate without any worker), so a retry
--- trims the history: it keeps the first row (the submission) and the latest ones, at most
--- 100 rows after the retry.
+-- trims the history to its latest rows: with the submission (on the job row) the timeline
+-- holds at most 100 entries after the retry.
 CREATE FUNCTION skiplock.retry(job_id uuid) RETURNS skiplock.job_state
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -408,10 +410,9 @@ BEGIN
     RAISE EXCEPTION 'skiplock: job % is %; only failed or cancelled jobs can be retried', retry.job_id, s
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
-  -- Keep the first row (the submission) and the 98 latest; the UPDATE below adds the 100th.
+  -- Keep the 98 latest rows; the UPDATE below adds the 99th, the submission is the 100th entry.
   DELETE FROM skiplock.job_history h
    WHERE h.job_id = retry.job_id
-     AND h.id > (SELECT min(f.id) FROM skiplock.job_history f WHERE f.job_id = retry.job_id)
      AND h.id < (SELECT l.id FROM skiplock.job_history l WHERE l.job_id = retry.job_id
                   ORDER BY l.id DESC OFFSET 97 LIMIT 1);
   UPDATE skiplock.jobs j
@@ -440,7 +441,7 @@ BEGIN
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
   UPDATE skiplock.jobs j
-     SET state = 'cancelled', worker_id = NULL, lease_expires_at = NULL, finished_at = now()
+     SET state = 'cancelled', lease_expires_at = NULL, finished_at = now()
    WHERE j.id = job_id;
   IF s = 'running' THEN
     BEGIN
@@ -524,6 +525,29 @@ SELECT q.queue,
   LEFT JOIN skiplock.jobs j ON j.queue = q.queue
   LEFT JOIN skiplock.queues p ON p.name = q.queue
  GROUP BY q.queue, p.paused;
+
+-- A job's transitions in order (step 1, 2, ...), as the API, CLI and dashboard show them:
+-- the submission and the latest run from the job row, everything else from job_history.
+-- While a job is running or succeeded, every history row precedes its latest claim (any
+-- other transition out of running writes that run to the history), so the order is
+-- submission, history rows, latest claim, success.
+CREATE VIEW skiplock.job_timeline AS
+SELECT t.job_id, row_number() OVER (PARTITION BY t.job_id ORDER BY t.part, t.seq) AS step,
+       t.state, t.at, t.attempt, t.worker_id, t.error, t.correlation_id
+  FROM (SELECT j.id AS job_id, 0 AS part, 0::bigint AS seq, 'queued'::skiplock.job_state AS state,
+               j.created_at AS at, 0 AS attempt, NULL::text AS worker_id, NULL::text AS error, j.correlation_id
+          FROM skiplock.jobs j
+        UNION ALL
+        SELECT h.job_id, 1, h.id, h.state, h.at, h.attempt, h.worker_id, h.error, h.correlation_id
+          FROM skiplock.job_history h
+        UNION ALL
+        SELECT j.id, 2, 0, 'running', coalesce(j.started_at, j.created_at), j.attempt, j.worker_id, NULL,
+               j.correlation_id
+          FROM skiplock.jobs j WHERE j.state IN ('running', 'succeeded')
+        UNION ALL
+        SELECT j.id, 3, 0, 'succeeded', coalesce(j.finished_at, j.started_at, j.created_at), j.attempt,
+               j.worker_id, NULL, j.correlation_id
+          FROM skiplock.jobs j WHERE j.state = 'succeeded') t;
 
 CREATE VIEW skiplock.dead_letter AS
 SELECT id, task, queue, attempt, max_attempts, last_error, args, finished_at, created_at

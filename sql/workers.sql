@@ -71,7 +71,6 @@ UPDATE skiplock.jobs j
    SET state = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN 'failed' ELSE 'queued' END::skiplock.job_state,
        last_error = format('lease ended: worker %%s stopped: its database session closed during attempt %%s',
                            j.worker_id, j.attempt),
-       worker_id = NULL,
        lease_expires_at = NULL,
        run_at = coalesce(%(now)s, now()),
        finished_at = CASE WHEN j.attempt >= j.max_attempts + j.attempt_base THEN coalesce(%(now)s, now()) END

@@ -113,7 +113,7 @@ class InFlight:
             if r is None or r.job.attempt != attempt:
                 continue
             emit("skiplock.job.lost", job_id=job_id, task=r.job.task, attempt=r.job.attempt,
-                 worker=self.worker_id, reason=reason)
+                 worker=self.worker_id, correlation_id=r.job.correlation_id, reason=reason)
             r.ctx.mark_cancelled()
             r.task.cancel()
             del self.running[job_id]

@@ -148,9 +148,11 @@ class Producer(Service):
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
-                         on_update=self.on_update, max_json_bytes=self.max_result_bytes)
+                         on_update=self.on_update, max_json_bytes=self.max_result_bytes,
+                         correlation_id=job.correlation_id)
         if debug:
-            emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id)
+            emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id,
+                 correlation_id=job.correlation_id)
         # One shared name: formatting the job id into each task's name cost more than the no-op job.
         started = time.monotonic()
         task = asyncio.create_task(self._execute(job, ctx, started), name="skiplock.job")
@@ -176,7 +178,7 @@ class Producer(Service):
             return  # abandoned past its timeout: the timeout was recorded for it
         if job.id in self.inflight.interrupted and outcome.state != "succeeded":
             return  # it stopped because the worker is stopping: released, not failed
-        self._record(outcome)
+        self._record(outcome, job.correlation_id)
         self.on_outcome(outcome)
 
     def _overran(self, r: Running) -> None:
@@ -187,15 +189,16 @@ class Producer(Service):
                  "its cancellation")
         outcome = failed_attempt(r.job, r.ctx, self.registry.get(r.job.task).retry, error,
                                  duration=time.monotonic() - r.started)
-        self._record(outcome)
+        self._record(outcome, r.job.correlation_id)
         self.on_outcome(outcome)
 
-    def _record(self, o: Outcome) -> None:
+    def _record(self, o: Outcome, correlation_id: str | None) -> None:
         """The outcome's event (counted once the database confirms it: Completer.counts)."""
         if o.state == "succeeded" and not log.isEnabledFor(logging.DEBUG):  # the hot path: no event to build
             return
         fields: dict[str, Any] = {"job_id": o.job_id, "task": o.task, "attempt": o.attempt,
-                                  "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1)}
+                                  "worker": self.worker_id, "duration_ms": round(o.duration * 1000, 1),
+                                  "correlation_id": correlation_id}
         if o.state == "succeeded":
             emit("skiplock.job.completed", **fields)
         elif o.state == "queued":

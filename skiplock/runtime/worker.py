@@ -257,7 +257,7 @@ class Worker:
                         progresses=[db.jsonb(r.ctx.pending_progress) for r in leftover])
                 for r in leftover:
                     emit("skiplock.job.released", job_id=r.job.id, task=r.job.task, attempt=r.job.attempt,
-                         worker=self.id, released=r.job.id in released)
+                         worker=self.id, correlation_id=r.job.correlation_id, released=r.job.id in released)
                 return
             except Exception as exc:  # noqa: BLE001 - if we cannot release, the rescuer will
                 emit("skiplock.worker.db_error", worker=self.id, during="release", error=str(exc).strip())

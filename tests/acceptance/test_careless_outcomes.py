@@ -101,7 +101,7 @@ def test_a_careless_handler_ends_its_own_job_and_nothing_else(db_url: str, tmp_p
         code = worker.wait(GRACE + 10)
     text = log.read_text()
     assert code == 0, text[-3000:]
-    worker_id = scalar(db_url, "SELECT worker_id FROM skiplock.job_history WHERE job_id = %s AND state = 'running'"
+    worker_id = scalar(db_url, "SELECT worker_id FROM skiplock.job_timeline WHERE job_id = %s AND state = 'running'"
                                " LIMIT 1", (careless,))
 
     # the careless job: its own error, on its timeline, attempt by attempt

@@ -70,7 +70,7 @@ def job(url: str, job_id: uuid.UUID) -> dict[str, Any]:
 
 
 def lease_expiries(url: str) -> list[Any]:
-    return rows(url, "SELECT job_id, attempt FROM skiplock.job_history WHERE error LIKE 'lease %%'")
+    return rows(url, "SELECT job_id, attempt FROM skiplock.job_timeline WHERE error LIKE 'lease %%'")
 
 
 def assert_ran_once(url: str, neighbour: uuid.UUID, w: WorkerProc) -> None:

@@ -43,7 +43,7 @@ def test_make_run_embedded_end_to_end(tmp_path: Path):
                  5, "the echo job to succeed")
         assert time.monotonic() - t0 < 1.0
         assert scalar(url, "SELECT succeeded FROM skiplock.queue_stats WHERE queue = 'default'") == 1
-        assert scalar(url, "SELECT array_agg(state::text ORDER BY id) FROM skiplock.job_history WHERE job_id = %s",
+        assert scalar(url, "SELECT array_agg(state::text ORDER BY step) FROM skiplock.job_timeline WHERE job_id = %s",
                       (job,)) == ["queued", "running", "succeeded"]
 
         slow = json.loads(cli(["enqueue", "sleep", "--args", '{"seconds": 2}'], env).stdout)["id"]

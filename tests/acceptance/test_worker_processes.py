@@ -42,7 +42,7 @@ def test_sigkill_mid_job_a_second_worker_finishes_every_job_within_the_lease(db_
     assert counts(db_url) == {"succeeded": 100}
     # every job: claimed by the killed worker, rescued (counted as an attempt), run again
     assert scalar(db_url, "SELECT count(*) FROM skiplock.jobs WHERE attempt = 2") == 100
-    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_history WHERE error LIKE 'lease %%'") == 100
+    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_timeline WHERE error LIKE 'lease %%'") == 100
     assert took < LEASE + 2 + 10, took
     print(f"\nsigkill: 100 jobs recovered {took:.1f}s after the kill (lease {LEASE}s, job 2s)")
 
@@ -72,9 +72,9 @@ def test_two_workers_drain_10000_jobs_and_each_runs_exactly_once(db_url, tmp_pat
     assert counts(db_url) == {"succeeded": 10_000}
     # the history is the ledger: one 'running' row per execution
     with psycopg.connect(db_url, autocommit=True) as c:
-        per_job = c.execute("SELECT count(*) FILTER (WHERE state = 'running') AS runs FROM skiplock.job_history"
+        per_job = c.execute("SELECT count(*) FILTER (WHERE state = 'running') AS runs FROM skiplock.job_timeline"
                             " GROUP BY job_id HAVING count(*) FILTER (WHERE state = 'running') <> 1").fetchall()
-        by_worker = c.execute("SELECT worker_id, count(*) FROM skiplock.job_history WHERE state = 'running'"
+        by_worker = c.execute("SELECT worker_id, count(*) FROM skiplock.job_timeline WHERE state = 'running'"
                               " GROUP BY 1").fetchall()
     assert per_job == []
     assert len(by_worker) == 2 and sum(n for _, n in by_worker) == 10_000

@@ -97,19 +97,79 @@ def churned(db_url: str) -> Iterator[psycopg.Connection[Any]]:
         yield c
 
 
-def test_claim_reads_the_partial_index_in_order_on_a_big_churned_table(churned):
-    for nodes in (explain(churned, q("claim_batch"), CLAIM_PARAMS),
-                  explain_generic(churned, "claim", q("claim_batch"), CLAIM_PARAMS)):
-        scans = scans_of_jobs(nodes)
-        assert ("Index Scan", "jobs_claim_idx") in scans, scans
-        assert all(kind != "Seq Scan" for kind, _ in scans), scans
-        assert not any(n["Node Type"] == "Sort" for n in nodes), "the claim order must come from the index"
-        # the UPDATE finds the claimed rows by primary key, not by scanning the table
-        assert ("Index Scan", "jobs_pkey") in scans, scans
-    churned.execute("ANALYZE skiplock.jobs")  # and with statistics that know about the churn
-    scans = scans_of_jobs(explain(churned, q("claim_batch"), CLAIM_PARAMS))
-    assert ("Index Scan", "jobs_claim_idx") in scans, scans
+def branch(plan: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The nodes of the claim's CTE `name` (one, many, every)."""
+    for node in walk(plan):
+        if node.get("Subplan Name") == f"CTE {name}":
+            return list(walk(node))
+    raise AssertionError(f"no CTE {name} in the plan")
+
+
+def root(conn: psycopg.Connection[Any], params: Any, *, generic: bool = False) -> dict[str, Any]:
+    if generic:
+        nodes = explain_generic(conn, "claim", q("claim_batch"), params)
+    else:
+        nodes = explain(conn, q("claim_batch"), params)
+    return nodes[0]
+
+
+def check_claim_plan(plan: dict[str, Any]) -> None:
+    nodes = list(walk(plan))
+    scans = scans_of_jobs(nodes)
     assert all(kind != "Seq Scan" for kind, _ in scans), scans
+    # the UPDATE finds the claimed rows by primary key, not by scanning the table
+    assert ("Index Scan", "jobs_pkey") in scans, scans
+    # one queue, or every queue: the claim order comes from the index, no sort of the backlog
+    for name, index in (("one", "jobs_queue_claim_idx"), ("every", "jobs_claim_idx")):
+        part = branch(plan, name)
+        assert ("Index Scan", index) in scans_of_jobs(part), (name, scans_of_jobs(part))
+        assert not any(n["Node Type"] == "Sort" for n in part), f"{name}: the claim order must come from the index"
+    # several queues: each queue's first rows in index order (a Limit over an ordered index scan),
+    # then primary-key probes and a sort of those candidates only
+    assert ("Index Scan", "jobs_pkey") in scans_of_jobs(branch(plan, "many")), scans_of_jobs(branch(plan, "many"))
+    part = branch(plan, "many")
+    limited = [n for n in part if n["Node Type"] == "Limit"
+               and any(c.get("Index Name") == "jobs_queue_claim_idx" for c in walk(n))
+               and not any(c["Node Type"] == "LockRows" for c in walk(n))]
+    assert limited, scans_of_jobs(part)
+    inside = [(m["Node Type"], m.get("Index Name")) for n in limited for m in walk(n)]
+    assert not any(kind == "Sort" for kind, _ in inside), ("each queue's range is read in order", inside)
+
+
+def test_claim_reads_the_partial_indexes_in_order_on_a_big_churned_table(churned):
+    for generic in (False, True):
+        check_claim_plan(root(churned, CLAIM_PARAMS, generic=generic))
+        check_claim_plan(root(churned, dict(CLAIM_PARAMS, queues=["default"]), generic=generic))
+    churned.execute("ANALYZE skiplock.jobs")  # and with statistics that know about the churn
+    check_claim_plan(root(churned, CLAIM_PARAMS))
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows the claim's scans of jobs produced or threw away (executed plan)."""
+    return sum(n.get("Actual Rows", 0) * n.get("Actual Loops", 1) + n.get("Rows Removed by Filter", 0)
+               + n.get("Rows Removed by Index Recheck", 0)
+               for n in walk(plan) if n.get("Relation Name") == "jobs" and n["Node Type"] != "ModifyTable")
+
+
+@pytest.mark.parametrize("served", [["urgent"], ["urgent", "other"], None], ids=["its-queue", "its-queues", "all"])
+def test_a_claim_never_reads_what_waits_in_queues_it_does_not_take_from(churned, served):
+    """30,000 jobs wait in queue `default`, paused or served by other workers: a claim of the
+    one `urgent` job reads about as many rows as there are jobs to take, not the backlog."""
+    c = churned
+    c.execute("INSERT INTO skiplock.jobs (task, queue) VALUES ('noop', 'urgent'), ('noop', 'other')")
+    if served is None:
+        c.execute("INSERT INTO skiplock.queues (name, paused) VALUES ('default', true)")
+    params = dict(CLAIM_PARAMS, queues=served, limit=10)
+    for attempt in range(2):  # as planned first, and again once the churn is in the statistics
+        with c.transaction(force_rollback=True):
+            row = c.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {q('claim_batch')}", params).fetchone()
+            assert row is not None
+            plan = row[0][0]["Plan"]
+            claimed = c.execute("SELECT queue FROM skiplock.jobs WHERE state = 'running' ORDER BY queue").fetchall()
+            assert claimed == ([("urgent",)] if served == ["urgent"] else [("other",), ("urgent",)])
+            assert rows_read(plan) <= 20, rows_read(plan)
+        if attempt == 0:
+            c.execute("ANALYZE skiplock.jobs")
 
 
 def test_acknowledgement_probes_the_primary_key_whatever_the_statistics(churned):

@@ -142,7 +142,7 @@ def test_history_carries_the_correlation_id(db_url, pg_conn, reg):
             await enqueue(c, "echo", {"message": "x"}, registry=reg, correlation_id="req-123")
 
     asyncio.run(go())
-    assert pg_conn.execute("SELECT correlation_id FROM skiplock.job_history").fetchall() == [("req-123",)]
+    assert pg_conn.execute("SELECT correlation_id FROM skiplock.job_timeline").fetchall() == [("req-123",)]
 
 
 def test_args_are_stored_exactly_as_validated_single_and_bulk(db_url, pg_conn, reg):

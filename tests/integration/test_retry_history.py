@@ -1,5 +1,6 @@
 """Operator retries cannot grow a job's history without bound: a retry keeps the submission
-row and the latest rows, at most 100 after it (skiplock.retry, so HTTP, CLI and psql alike)."""
+(on the job row) and the latest history rows, a timeline of at most 100 entries after it
+(skiplock.retry, so HTTP, CLI and psql alike)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,6 @@ def test_retry_from_psql_trims_too_and_leaves_other_jobs_alone(pg_conn: psycopg.
         c.execute("SELECT skiplock.cancel(%s)", (job,))
         c.execute("SELECT skiplock.retry(%s)", (job,))
     c.commit()
-    count = "SELECT count(*) FROM skiplock.job_history WHERE job_id = %s"
+    count = "SELECT count(*) FROM skiplock.job_timeline WHERE job_id = %s"
     assert c.execute(count, (job,)).fetchone() == (KEPT,)
     assert c.execute(count, (other,)).fetchone() == (2,)

@@ -31,8 +31,8 @@ def test_every_transition_is_written_to_history_in_the_same_statement(pg_conn):
                     "last_error='boom' WHERE id=%s", (job,))
     pg_conn.execute("SELECT skiplock.cancel(%s)", (job,))
     pg_conn.execute("SELECT skiplock.retry(%s)", (job,))
-    rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_history "
-                           "WHERE job_id=%s ORDER BY id", (job,)).fetchall()
+    rows = pg_conn.execute("SELECT state, attempt, worker_id, error FROM skiplock.job_timeline "
+                           "WHERE job_id=%s ORDER BY step", (job,)).fetchall()
     assert rows == [("queued", 0, None, None), ("running", 1, "w", None), ("queued", 1, "w", "boom"),
                     ("cancelled", 1, None, None), ("queued", 1, None, None)]
 
@@ -116,3 +116,31 @@ def test_sql_enqueue_takes_the_recorded_tasks_defaults(pg_conn):
     job = pg_conn.execute("SELECT skiplock.enqueue('unknown_task', '{}')").fetchone()[0]
     assert pg_conn.execute("SELECT queue, priority, max_attempts, timeout FROM skiplock.jobs WHERE id = %s",
                            (job,)).fetchone() == ("default", 1, 3, None)
+
+
+NAMES = ["a", "_", "A", "0", "9x", ".a", "-a", ":a", "a.b-c_d:e", "a b", "a\n", "\na", "é", "aé", "", "a" * 63,
+         "a" * 64, "A" * 128, "A" * 129, "x" * 62 + ".", "Z9", "q-1", "q:1", "Q", "a/b", "a%", "a'", "_9.-", "a\tb"]
+
+
+def test_names_are_checked_by_the_same_rule_as_the_engines_patterns(pg_conn):
+    """The database's name checks (cheaper than one anchored pattern) accept exactly the task
+    and queue names the engine's patterns (skiplock.job) accept, for names in every corner."""
+    from skiplock.job import QUEUE_RE, TASK_RE
+
+    def accepted(sql: str, name: str) -> bool:
+        try:
+            with pg_conn.transaction():
+                pg_conn.execute(sql, (name,))
+                raise psycopg.Rollback()
+        except psycopg.errors.CheckViolation:
+            return False
+        return True
+
+    for name in NAMES:
+        queue_ok = QUEUE_RE.match(name) is not None and "\n" not in name
+        task_ok = TASK_RE.match(name) is not None and "\n" not in name
+        assert accepted("INSERT INTO skiplock.queues (name) VALUES (%s)", name) == queue_ok, repr(name)
+        assert accepted("INSERT INTO skiplock.jobs (task, queue) VALUES ('t', %s)", name) == queue_ok, repr(name)
+        assert accepted("INSERT INTO skiplock.jobs (task) VALUES (%s)", name) == task_ok, repr(name)
+        assert accepted("INSERT INTO skiplock.tasks (name, queue, priority, max_attempts, args_schema) "
+                        "VALUES (%s, 'q', 1, 1, '{}')", name) == task_ok, repr(name)

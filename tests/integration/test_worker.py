@@ -109,7 +109,8 @@ def job_row(pg_conn: psycopg.Connection[Any], job_id: uuid.UUID) -> dict[str, An
 
 
 def history(pg_conn: psycopg.Connection[Any], job_id: uuid.UUID) -> list[str]:
-    rows = pg_conn.execute("SELECT state FROM skiplock.job_history WHERE job_id=%s ORDER BY id", (job_id,)).fetchall()
+    rows = pg_conn.execute("SELECT state FROM skiplock.job_timeline WHERE job_id=%s ORDER BY step",
+                           (job_id,)).fetchall()
     pg_conn.commit()
     return [r[0] for r in rows]
 
@@ -125,7 +126,7 @@ def test_a_job_runs_to_succeeded_with_its_result_and_history(db_url, pg_conn, re
     ra, rb = job_row(pg_conn, a), job_row(pg_conn, b)
     assert (ra["state"], ra["result"], ra["attempt"]) == ("succeeded", {"message": "hi"}, 1)
     assert rb["result"] == {"message": "there", "sync": "yes"}
-    assert ra["worker_id"] is None and ra["finished_at"] is not None
+    assert ra["worker_id"] is not None and ra["finished_at"] is not None  # the worker that ran it
     assert history(pg_conn, a) == ["queued", "running", "succeeded"]
 
 
@@ -241,7 +242,7 @@ def test_graceful_stop_releases_unfinished_jobs_to_queued_and_gives_the_attempt_
 
     for job in run(go()):
         row = job_row(pg_conn, job)
-        assert (row["state"], row["attempt"], row["worker_id"]) == ("queued", 0, None)
+        assert (row["state"], row["attempt"], row["lease_expires_at"]) == ("queued", 0, None)
         assert row["progress"] == {"percent": 1.0, "message": "started"}
     assert pg_conn.execute("SELECT count(*) FROM skiplock.workers").fetchone()[0] == 0
 
@@ -375,7 +376,7 @@ def test_split_claims_run_every_job_exactly_once(db_url, pg_conn, reg):
 
     run(go())
     states = pg_conn.execute("SELECT state::text, attempt, count(*) FROM skiplock.jobs GROUP BY 1, 2").fetchall()
-    claims = pg_conn.execute("SELECT count(*), count(DISTINCT job_id) FROM skiplock.job_history"
+    claims = pg_conn.execute("SELECT count(*), count(DISTINCT job_id) FROM skiplock.job_timeline"
                              " WHERE state = 'running'").fetchone()
     pg_conn.commit()
     assert states == [("succeeded", 1, 1500)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -61,3 +62,119 @@ def test_up_down_up_on_a_database_with_jobs(pg_cluster, reference_dump):
         assert row[0] == migrate.head_revision()
         assert c.execute("SELECT count(*) FROM skiplock.jobs").fetchone()[0] == 1
     assert dump_schema(pg_cluster, "mig_cycle") == reference_dump
+
+
+# -- 0007: history without redundancy ---------------------------------------------------------
+# Transitions as the engine before 0007 made them (it cleared worker_id whenever a run ended).
+CLAIM = ("UPDATE skiplock.jobs SET state = 'running', attempt = attempt + 1, worker_id = %(w)s, "
+         "lease_expires_at = now() + interval '30 seconds', started_at = now() WHERE id = %(id)s")
+END_RUN = ("UPDATE skiplock.jobs SET state = %(to)s::skiplock.job_state, attempt = attempt - %(back)s::int, "
+           "worker_id = NULL, lease_expires_at = NULL, last_error = coalesce(%(error)s::text, last_error), "
+           "finished_at = CASE WHEN %(to)s::text IN ('succeeded', 'failed') THEN now() END WHERE id = %(id)s")
+
+
+def _old_engine_jobs(url: str) -> dict[str, Any]:
+    """Jobs in every state, each reached through the transitions the engine made before 0007."""
+    jobs: dict[str, Any] = {}
+    with psycopg.connect(url, autocommit=True) as c:
+        def submit(name: str, cid: str | None) -> Any:
+            with c.transaction():
+                if cid:
+                    c.execute("SELECT set_config('skiplock.correlation_id', %s, true)", (cid,))
+                jobs[name] = c.execute("SELECT skiplock.enqueue('echo', '{}')").fetchone()[0]  # type: ignore[index]
+            return jobs[name]
+
+        def claim(name: str, worker: str) -> None:
+            c.execute(CLAIM, {"w": worker, "id": jobs[name]})
+
+        def end(name: str, to: str, error: str | None = None, back: int = 0) -> None:
+            c.execute(END_RUN, {"to": to, "error": error, "back": back, "id": jobs[name]})
+
+        def operator(name: str, fn: str, cid: str) -> None:
+            with c.transaction():
+                c.execute("SELECT set_config('skiplock.correlation_id', %s, true)", (cid,))
+                c.execute(f"SELECT skiplock.{fn}(%s)", (jobs[name],))
+
+        submit("queued", "r-queued")
+        submit("queued_no_cid", None)
+        submit("running", "r-running")
+        claim("running", "w1")
+        submit("succeeded", "r-ok")
+        claim("succeeded", "w1")
+        end("succeeded", "succeeded")
+        submit("retried_then_succeeded", "r-retry")
+        claim("retried_then_succeeded", "w1")
+        end("retried_then_succeeded", "queued", "boom 1")
+        claim("retried_then_succeeded", "w2")
+        end("retried_then_succeeded", "succeeded")
+        submit("waiting_retry", "r-wait")
+        claim("waiting_retry", "w1")
+        end("waiting_retry", "queued", "boom 1")
+        submit("released", "r-rel")
+        claim("released", "w1")
+        end("released", "queued", back=1)
+        submit("failed", "r-fail")
+        for w in ("w1", "w2", "w3"):
+            claim("failed", w)
+            end("failed", "queued" if w != "w3" else "failed", f"boom {w}")
+        submit("cancelled_queued", "r-cq")
+        operator("cancelled_queued", "cancel", "op-c1")
+        submit("cancelled_running", None)
+        claim("cancelled_running", "w1")
+        operator("cancelled_running", "cancel", "op-c2")
+        submit("operator_retried", "r-op")
+        claim("operator_retried", "w1")
+        end("operator_retried", "failed", "fatal")
+        operator("operator_retried", "retry", "op-r1")
+        claim("operator_retried", "w2")
+        end("operator_retried", "succeeded")
+    return jobs
+
+
+def _history(url: str, relation: str, order: str, job_id: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return c.execute(f"SELECT state::text, attempt, worker_id, error, correlation_id, at FROM {relation} "  # noqa: S608
+                         f"WHERE job_id = %s ORDER BY {order}", (job_id,)).fetchall()
+
+
+def test_0007_converts_history_up_and_down_on_jobs_in_every_state(pg_cluster, reference_dump):
+    url = fresh_db(pg_cluster, "mig_history")
+    migrate.upgrade(url, "0006")
+    jobs = _old_engine_jobs(url)
+    before = {name: _history(url, "skiplock.job_history", "id", job) for name, job in jobs.items()}
+    with psycopg.connect(url, autocommit=True) as c:
+        states = {r[0] for r in c.execute("SELECT state::text FROM skiplock.jobs")}
+    assert states == {"queued", "running", "succeeded", "failed", "cancelled"}
+
+    def expected(name: str) -> list[tuple[Any, ...]]:
+        submitted = before[name][0][4]  # worker-side rows now carry the submission's id
+        return [(s, a, w, e, cid if cid is not None else submitted) for s, a, w, e, cid, _ in before[name]]
+
+    def same_moments(got: list[tuple[Any, ...]], name: str) -> None:
+        for new, old in zip(got, before[name], strict=True):
+            assert abs(new[5] - old[5]) < timedelta(seconds=5), name
+
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_history") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM skiplock.job_history h JOIN skiplock.jobs j ON j.id = h.job_id "
+                         "WHERE j.state = 'succeeded' AND j.attempt = 1").fetchone() == (0,)
+        row = c.execute("SELECT correlation_id, worker_id FROM skiplock.jobs WHERE id = %s",
+                        (jobs["succeeded"],)).fetchone()
+        assert row == ("r-ok", "w1")
+    for name, job in jobs.items():
+        got = _history(url, "skiplock.job_timeline", "step", job)
+        assert [r[:5] for r in got] == expected(name), name
+        same_moments(got, name)
+
+    migrate.downgrade(url, "0006")
+    for name, job in jobs.items():
+        got = _history(url, "skiplock.job_history", "id", job)
+        assert [r[:5] for r in got] == expected(name), name
+        same_moments(got, name)
+    with psycopg.connect(url, autocommit=True) as c:  # the old engine's rules hold again
+        assert c.execute("SELECT count(*) FROM skiplock.jobs WHERE state <> 'running' AND worker_id IS NOT NULL"
+                         ).fetchone() == (0,)
+        c.execute("SELECT skiplock.enqueue('echo', '{}')")
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_history") == reference_dump

@@ -64,13 +64,13 @@ def audit(url: str, accepted: Iterable[uuid.UUID], disrupted: Collection[str], *
                                                     " ORDER BY id"):
         (starts if phase == "start" else ends)[job_id].append((attempt, worker))
     last_claim = {r[0]: (r[1], r[2]) for r in rows(
-        url, "SELECT DISTINCT ON (job_id) job_id, attempt, worker_id FROM skiplock.job_history"
-             " WHERE state = 'running' ORDER BY job_id, id DESC")}
+        url, "SELECT DISTINCT ON (job_id) job_id, attempt, worker_id FROM skiplock.job_timeline"
+             " WHERE state = 'running' ORDER BY job_id, step DESC")}
     failed_attempts = {(r[0], r[1], r[2]) for r in rows(
-        url, "SELECT job_id, attempt, worker_id FROM skiplock.job_history WHERE state IN ('queued', 'failed')"
+        url, "SELECT job_id, attempt, worker_id FROM skiplock.job_timeline WHERE state IN ('queued', 'failed')"
              " AND error IS NOT NULL AND error NOT LIKE 'lease %%'")}
     claims: Counter[tuple[uuid.UUID, int, str]] = Counter({(r[0], r[1], r[2]): r[3] for r in rows(
-        url, "SELECT job_id, attempt, worker_id, count(*) FROM skiplock.job_history WHERE state = 'running'"
+        url, "SELECT job_id, attempt, worker_id, count(*) FROM skiplock.job_timeline WHERE state = 'running'"
              " GROUP BY 1, 2, 3")})
     stray = rows(url, "SELECT count(*) FROM skiplock.jobs WHERE state IN ('queued', 'running')")[0][0]
 
@@ -112,8 +112,8 @@ def audit(url: str, accepted: Iterable[uuid.UUID], disrupted: Collection[str], *
                                     f"last claim {claim}, attempt column {job[2]}")
     for entry in result.unexplained[:3]:  # what a person would look at next
         job_id = uuid.UUID(entry.split(":")[0])
-        history = rows(url, "SELECT state::text, attempt, worker_id, left(error, 60) FROM skiplock.job_history"
-                            " WHERE job_id = %s ORDER BY id", (job_id,))
+        history = rows(url, "SELECT state::text, attempt, worker_id, left(error, 60) FROM skiplock.job_timeline"
+                            " WHERE job_id = %s ORDER BY step", (job_id,))
         ledger = rows(url, "SELECT phase, attempt, worker_id, at FROM chaos.ledger WHERE job_id = %s ORDER BY id",
                       (job_id,))
         result.unexplained.append(f"  {job_id} history {history} ledger {ledger}")
@@ -126,8 +126,8 @@ def not_done(url: str, ids: list[uuid.UUID], terminal: Collection[str] = ("succe
         SELECT j.id, j.state::text, j.attempt, j.worker_id,
                round(extract(epoch FROM j.lease_expires_at - now())::numeric, 1) AS lease_left,
                round(extract(epoch FROM j.run_at - now())::numeric, 1) AS due_in,
-               (SELECT array_agg(h.state::text || '/' || h.attempt || '/' || coalesce(h.worker_id, '-') ORDER BY h.id)
-                  FROM skiplock.job_history h WHERE h.job_id = j.id) AS history
+               (SELECT array_agg(h.state::text || '/' || h.attempt || '/' || coalesce(h.worker_id, '-') ORDER BY h.step)
+                  FROM skiplock.job_timeline h WHERE h.job_id = j.id) AS history
           FROM unnest(%s::uuid[]) AS a(id) LEFT JOIN skiplock.jobs j ON j.id = a.id
          WHERE j.id IS NULL OR NOT (j.state::text = ANY(%s))""", (ids, list(terminal)))
 

@@ -50,8 +50,8 @@ def fingerprint(url: str, ids: list[uuid.UUID]) -> str:
           SELECT concat_ws(',', j.id, j.state, j.attempt, j.result, j.last_error, j.finished_at, j.run_at) AS x
             FROM skiplock.jobs j WHERE j.id = ANY(%(ids)s)
           UNION ALL
-          SELECT concat_ws(',', h.id, h.job_id, h.state, h.at, h.attempt, h.worker_id, h.error)
-            FROM skiplock.job_history h WHERE h.job_id = ANY(%(ids)s)) t""", {"ids": ids}))
+          SELECT concat_ws(',', h.step, h.job_id, h.state, h.at, h.attempt, h.worker_id, h.error)
+            FROM skiplock.job_timeline h WHERE h.job_id = ANY(%(ids)s)) t""", {"ids": ids}))
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_dump_restore_and_workers_carry_on(chaos_url: str, restored_url: str, pg
              LEASE + 30, "the copy to finish every job")
     recover = time.monotonic() - resumed_at
     assert fingerprint(restored_url, finished) == before, "finished jobs changed after the restore"
-    rescued = scalar(restored_url, "SELECT count(*) FROM skiplock.job_history WHERE job_id = ANY(%s)"
+    rescued = scalar(restored_url, "SELECT count(*) FROM skiplock.job_timeline WHERE job_id = ANY(%s)"
                                    " AND error LIKE %s", (running, f"lease %: worker {a.worker_id} stopped%"))
     assert rescued == 5, "the snapshot's running jobs should be rescued from the worker that held them"
     assert rows(restored_url, "SELECT DISTINCT attempt FROM skiplock.jobs WHERE id = ANY(%s)", (running,)) == [(2,)]

@@ -84,7 +84,7 @@ def test_postgres_crash_restart_under_load(form: str, private_cluster: tuple[Clu
     result = audit(url, load.accepted, fleet.killed, allow_failed_attempts=True)
     result.assert_clean()
     rescued_from = {r[0] for r in rows(url, "SELECT DISTINCT substring(error FROM 'worker (\\S+) stopped')"
-                                            " FROM skiplock.job_history WHERE error LIKE 'lease %%'")}
+                                            " FROM skiplock.job_timeline WHERE error LIKE 'lease %%'")}
     assert rescued_from == fleet.killed, "a live worker's lease did not survive the outage"
     assert "skiplock.worker.db_error" in fleet_logs
     assert all(codes[w.name] == 0 for w in fleet.workers if w.worker_id not in fleet.killed), codes

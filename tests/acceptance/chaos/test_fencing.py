@@ -75,8 +75,8 @@ def test_late_ack_of_a_frozen_worker_is_fenced(chaos_url: str, make_fleet: Calla
     for j in jobs:
         state, attempt, _, result = job_row(chaos_url, j)
         assert (state, attempt, result["attempt"], result["worker"]) == ("succeeded", 2, 2, b.worker_id)
-        history = rows(chaos_url, "SELECT state::text, attempt, worker_id FROM skiplock.job_history"
-                                  " WHERE job_id = %s ORDER BY id", (j,))
+        history = rows(chaos_url, "SELECT state::text, attempt, worker_id FROM skiplock.job_timeline"
+                                  " WHERE job_id = %s ORDER BY step", (j,))
         assert history == [("queued", 0, None), ("running", 1, a.worker_id), ("queued", 1, a.worker_id),
                            ("running", 2, b.worker_id), ("succeeded", 2, b.worker_id)]
     assert a.alive(), "the woken worker should carry on"

@@ -184,7 +184,7 @@ def test_cancel_races_claim_and_acknowledgement(form: str, chaos_url: str, make_
 
     states = dict(rows(chaos_url, "SELECT id, state::text FROM skiplock.jobs"))
     histories: dict[uuid.UUID, list[str]] = {}
-    for job_id, seq in rows(chaos_url, "SELECT job_id, array_agg(state::text ORDER BY id) FROM skiplock.job_history"
+    for job_id, seq in rows(chaos_url, "SELECT job_id, array_agg(state::text ORDER BY step) FROM skiplock.job_timeline"
                                        " GROUP BY job_id"):
         histories[job_id] = seq
     started = {r[0] for r in rows(chaos_url, "SELECT DISTINCT job_id FROM chaos.ledger")}
@@ -261,10 +261,10 @@ def test_retry_ack_races_rescue_row_by_row(chaos_url: str) -> None:
             acked, rescued = acked_f.result(), rescued_f.result()
         assert acked.isdisjoint(rescued), "a row was changed by both the acknowledgement and the rescuer"
         assert acked | rescued == set(job_ids), "a row was changed by neither"
-        transitions = rows(chaos_url, "SELECT job_id, count(*) FROM skiplock.job_history WHERE job_id = ANY(%s)"
+        transitions = rows(chaos_url, "SELECT job_id, count(*) FROM skiplock.job_timeline WHERE job_id = ANY(%s)"
                                       " AND state = 'queued' AND attempt = 1 GROUP BY 1", (job_ids,))
         assert sorted(cnt for _, cnt in transitions) == [1] * n
-        by_rescue = scalar(chaos_url, "SELECT count(*) FROM skiplock.job_history WHERE job_id = ANY(%s)"
+        by_rescue = scalar(chaos_url, "SELECT count(*) FROM skiplock.job_timeline WHERE job_id = ANY(%s)"
                                       " AND error LIKE 'lease expired%%'", (job_ids,))
         assert by_rescue == len(rescued), "the history disagrees with the rescuer's answer"
         seen["by_ack"] += len(acked)
@@ -343,8 +343,8 @@ def test_operator_retry_races_rescue_of_a_last_attempt(chaos_url: str, make_flee
     recovered = time.monotonic() - killed
     for j in ids:
         assert verdicts[j]["accepted"] == 1 and set(verdicts[j]) <= {"accepted", "refused:running"}, verdicts[j]
-        history = [r[0] for r in rows(chaos_url, "SELECT state::text FROM skiplock.job_history WHERE job_id = %s"
-                                                 " ORDER BY id", (j,))]
+        history = [r[0] for r in rows(chaos_url, "SELECT state::text FROM skiplock.job_timeline WHERE job_id = %s"
+                                                 " ORDER BY step", (j,))]
         assert history == ["queued", "running", "failed", "queued", "running", "succeeded"], history
     result = audit(chaos_url, ids, fleet.killed)
     result.assert_clean()

@@ -24,7 +24,7 @@ DAY = 86400.0
 
 
 def seed(url: str) -> None:
-    """300 old finished jobs (100 per terminal state, 3 history rows each), 50 finished an hour
+    """300 old finished jobs (100 per terminal state, 2 history rows each), 50 finished an hour
     ago, and 40 queued/running jobs whose timestamps are older than anything (finished_at too,
     which no real transition leaves behind: it proves the state guard, not the timestamp)."""
     with psycopg.connect(url, autocommit=True) as c, c.transaction():
@@ -90,8 +90,8 @@ def test_pruner_deletes_old_finished_jobs_in_small_batches_and_never_live_ones(d
     assert sum(totals) == 300 - 7, totals  # three pruners at once: all of it, nothing twice
     assert counts(db_url) == {"recent": 50, "live": 40}
     assert orphans(db_url) == 0
-    # every job lost its 3 history rows (the insert's own and the two added), nothing else went
-    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_history") == history_before - 300 * 3
+    # every job lost its 2 history rows, nothing else went
+    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_history") == history_before - 300 * 2
 
     # time is a parameter: two days from now, the recent ones are old enough; live ones never are
     async def later() -> int:
@@ -105,7 +105,7 @@ def test_pruner_deletes_old_finished_jobs_in_small_batches_and_never_live_ones(d
 
     assert asyncio.run(later()) == 50
     assert counts(db_url) == {"live": 40}
-    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_history") == 40 * 3
+    assert scalar(db_url, "SELECT count(*) FROM skiplock.job_history") == 40 * 2
 
 
 def test_worker_prunes_on_start_and_cli_prunes_on_demand(db_url: str, make_fleet: Callable[..., Fleet]) -> None:

@@ -69,7 +69,7 @@ def test_sigkill_mid_batch_repeatedly(form: str, chaos_url: str, make_fleet: Cal
     a.assert_clean()
     assert a.states == {"succeeded": len(load.accepted)}
     for wid in fleet.killed:  # each killed worker's batch really was taken back by a rescuer
-        rescued = scalar(chaos_url, "SELECT count(*) FROM skiplock.job_history WHERE error LIKE %s",
+        rescued = scalar(chaos_url, "SELECT count(*) FROM skiplock.job_timeline WHERE error LIKE %s",
                          (f"lease %: worker {wid} stopped%",))
         assert rescued >= 1, f"nothing of killed worker {wid} was rescued"
     survivors = {w.name for w in fleet.workers if w.worker_id not in fleet.killed}

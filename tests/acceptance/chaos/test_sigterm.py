@@ -63,10 +63,10 @@ def test_sigterm_under_load_finishes_or_releases(form: str, chaos_url: str, make
             # what happened to each job it held, right after its claim: finished or released
             after = dict(rows(chaos_url, """
                 SELECT DISTINCT ON (h.job_id) h.job_id, h.state::text || coalesce(':' || h.error, '')
-                  FROM skiplock.job_history h
-                  JOIN skiplock.job_history c ON c.job_id = h.job_id AND c.state = 'running' AND c.worker_id = %s
-                                             AND h.id > c.id
-                 WHERE h.job_id = ANY(%s) ORDER BY h.job_id, h.id""", (victim.worker_id, held)))
+                  FROM skiplock.job_timeline h
+                  JOIN skiplock.job_timeline c ON c.job_id = h.job_id AND c.state = 'running' AND c.worker_id = %s
+                                              AND h.step > c.step
+                 WHERE h.job_id = ANY(%s) ORDER BY h.job_id, h.step""", (victim.worker_id, held)))
             assert set(after) == set(held) and set(after.values()) <= {"succeeded", "queued"}, after
             released = [j for j, s in after.items() if s == "queued"]
             released_total += len(released)
@@ -83,6 +83,6 @@ def test_sigterm_under_load_finishes_or_releases(form: str, chaos_url: str, make
     result = audit(chaos_url, load.accepted, fleet.termed)
     result.assert_clean()
     assert result.duplicated == 0
-    assert scalar(chaos_url, "SELECT count(*) FROM skiplock.job_history WHERE error LIKE 'lease %%'") == 0
+    assert scalar(chaos_url, "SELECT count(*) FROM skiplock.job_timeline WHERE error LIKE 'lease %%'") == 0
     chaos_report(result, max(recover), terms=spec["terms"], released=released_total, finished_in_grace=finished_total,
                  via=via())
