@@ -17,6 +17,7 @@ import base64
 import binascii
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -28,6 +29,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
+from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
 from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, enqueue_many
 from .errors import (
@@ -43,6 +45,7 @@ from .errors import (
 from .job import STATES, check_queue, check_task_name
 from .limits import QueueLimits
 from .queries import api, jobs, queues, schedules, session, workers
+from .queries import tasks as tasks_q
 from .runtime.pruner import prune_finished_jobs
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry
@@ -51,6 +54,9 @@ from .wakeup import Wakeups
 Connect = Callable[[], AbstractAsyncContextManager[db.AsyncConn]]
 
 MAX_PAGE = 500
+
+RECORDED_TTL = 5.0
+"""How long a task looked up in skiplock.tasks (or found missing there) is remembered (seconds)."""
 
 
 def parse_job_id(value: str | uuid.UUID, field: str = "id") -> uuid.UUID:
@@ -122,6 +128,7 @@ class Operations:
         self.max_args_bytes = max_args_bytes
         self.limits = limits if limits is not None else QueueLimits()
         self.wakeups = wakeups
+        self._recorded: dict[str, tuple[RecordedTask | None, float]] = {}
 
     @classmethod
     def from_pool(cls, pool: AsyncConnectionPool, **kw: Any) -> Operations:
@@ -150,9 +157,10 @@ class Operations:
         object has Wakeups (the HTTP API), else by the insert itself.
 
         Inside your own transaction, use `skiplock.enqueue` / `enqueue_many` (the same rules)."""
+        registry = await self._registry_for(specs)
         for i, spec in enumerate(specs):
             try:
-                t = self.registry.get(spec.task)
+                t = registry.get(spec.task)
                 if json_args:
                     t.check_json_args(spec.args)
                 check_queue(spec.queue or t.queue)
@@ -163,7 +171,7 @@ class Operations:
         deferred = self.wakeups is not None
         async with self._conn() as conn:
             try:
-                stored = await enqueue_many(conn, specs, registry=self.registry, max_args_bytes=self.max_args_bytes,
+                stored = await enqueue_many(conn, specs, registry=registry, max_args_bytes=self.max_args_bytes,
                                             correlation_id=correlation_id, defer_notify=deferred, limits=self.limits)
             except QueueFull:
                 raise
@@ -174,6 +182,25 @@ class Operations:
         if self.wakeups is not None:
             self.wakeups.touch({j.row["queue"] for j in stored if j.created})  # committed: wake workers
         return stored
+
+    async def _registry_for(self, specs: Sequence[JobSpec]) -> TaskRegistry:
+        """This process's tasks, plus those of `specs` it does not import but its workers
+        recorded in skiplock.tasks (defaults and argument schema; cached RECORDED_TTL s)."""
+        missing = {s.task for s in specs if isinstance(s.task, str) and s.task not in self.registry}
+        if not missing:
+            return self.registry
+        now = time.monotonic()
+        found: dict[str, RecordedTask] = {}
+        for name in missing:
+            cached = self._recorded.get(name)
+            if cached is None or now - cached[1] > RECORDED_TTL:
+                async with self._conn() as conn:
+                    row = await tasks_q.recorded_task(conn, name)
+                cached = (RecordedTask(row) if row else None, now)
+                self._recorded[name] = cached
+            if cached[0] is not None:
+                found[name] = cached[0]
+        return WithRecorded(self.registry, found) if found else self.registry
 
     @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[db.AsyncConn]:

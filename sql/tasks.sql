@@ -12,3 +12,7 @@ ON CONFLICT (name) DO UPDATE
    SET queue = EXCLUDED.queue, priority = EXCLUDED.priority, max_attempts = EXCLUDED.max_attempts,
        timeout = EXCLUDED.timeout, args_schema = EXCLUDED.args_schema, worker_id = EXCLUDED.worker_id,
        updated_at = EXCLUDED.updated_at;
+
+-- name: recorded_task
+-- One task as its workers recorded it, for a submitter that does not import its code.
+SELECT name, queue, priority, max_attempts, timeout, args_schema FROM skiplock.tasks WHERE name = %(name)s;

@@ -7,7 +7,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ..db import AsyncConn
-from ._run import execute
+from ._run import execute, fetch_one
 
 
 async def record_tasks(conn: AsyncConn, *, worker_id: str | None, names: list[str], queues: list[str],
@@ -17,3 +17,8 @@ async def record_tasks(conn: AsyncConn, *, worker_id: str | None, names: list[st
     params: dict[str, Any] = {"worker_id": worker_id, "names": names, "queues": queues, "priorities": priorities,
                               "max_attempts": max_attempts, "timeouts": timeouts, "schemas": schemas}
     return await execute(conn, "record_tasks", params)
+
+
+async def recorded_task(conn: AsyncConn, name: str) -> dict[str, Any] | None:
+    """The task `name` as its workers recorded it (defaults and argument schema), if any."""
+    return await fetch_one(conn, "recorded_task", {"name": name})

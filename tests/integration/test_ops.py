@@ -89,3 +89,36 @@ def test_submit_holds_queue_limits_and_gives_a_repeat_its_job_even_when_full(db_
 
     asyncio.run(go())
     assert pg_conn.execute("SELECT count(*) FROM skiplock.jobs WHERE queue = 'mail'").fetchone()[0] == 3
+
+
+def test_an_api_without_the_tasks_code_takes_its_recorded_defaults_and_checks_its_schema(db_url, pg_conn):
+    """The API (here: its Operations and app) imports no code for 'nightly'; a worker recorded it."""
+    from starlette.testclient import TestClient
+
+    from app.http import create_app
+    from app.settings import Settings
+    from skiplock import TaskRegistry, task
+    from skiplock.catalog import record_tasks
+
+    worker_side = TaskRegistry()
+
+    @task(name="nightly", queue="reports", priority="high", max_attempts=6, timeout=9.0, registry=worker_side)
+    async def nightly(day: str, pages: int = 10) -> None: ...
+
+    async def record() -> None:
+        async with await __import__("psycopg").AsyncConnection.connect(db_url, autocommit=True) as conn:
+            await record_tasks(conn, worker_side, worker_id="w")
+    asyncio.run(record())
+
+    with TestClient(create_app(Settings(database_url=db_url), registry=TaskRegistry())) as client:
+        ok = client.post("/jobs", json={"task": "nightly", "args": {"day": "mon"}})
+        assert ok.status_code == 201, ok.text
+        job = ok.json()
+        assert (job["queue"], job["priority"], job["max_attempts"], job["timeout"]) == ("reports", "high", 6, 9.0)
+        bad = client.post("/jobs", json={"task": "nightly", "args": {"day": "mon", "pages": "ten"}})
+        assert bad.status_code == 422 and bad.json()["error"]["details"]["field"] == "args.pages", bad.text
+        extra = client.post("/jobs", json={"task": "nightly", "args": {"day": "mon", "color": "red"}})
+        assert extra.status_code == 422, extra.text
+        unknown = client.post("/jobs", json={"task": "never_recorded", "args": {}})
+        assert unknown.status_code == 422 and unknown.json()["error"]["details"]["field"] == "task"
+    assert pg_conn.execute("SELECT count(*) FROM skiplock.jobs").fetchone()[0] == 1
