@@ -236,7 +236,9 @@ def test_other_requests_are_served_while_a_large_body_is_parsed(db_url: str):
 
     resp, answered = asyncio.run(go())
     assert resp.status_code == 422 and resp.json()["error"]["details"]["field"] == "jobs"
-    assert answered >= 5, answered
+    # blocked, the loop answers at most the request already under way (1); how many more it
+    # answers depends on the machine's speed, so the test asks only for more than that
+    assert answered >= 2, answered
 
 
 # -- the description states what the server checks --------------------------------------------
