@@ -29,7 +29,7 @@ from ..job import PRIORITY_NAMES, priority_value
 from ..queries import schedules
 from ..storable import safe_text
 from ..tasks import TaskRegistry
-from .service import Service
+from .service import PeriodicService
 
 log = logging.getLogger("skiplock")
 
@@ -85,20 +85,16 @@ def _resolved(registry: TaskRegistry, s: Schedule) -> tuple[object, str | None, 
     return args, s.queue or t.queue, priority or PRIORITY_NAMES[priority_value(t.priority)]
 
 
-class Scheduler(Service):
+class Scheduler(PeriodicService):
     """Looks for due schedules at least every `interval` seconds, and wakes when the next one
     is due. The schedules of `registry` are written to the table at the first round."""
 
     name = "scheduler"
-    retry_cap = 30.0
 
     def __init__(self, pool: AsyncConnectionPool, registry: TaskRegistry, *, interval: float = 1.0) -> None:
-        if interval <= 0:
-            raise ValueError(f"Scheduler: interval must be > 0, not {interval}")
-        super().__init__()
+        super().__init__(interval)
         self.pool = pool
         self.registry = registry
-        self.interval = interval
         self._synced = False
 
     async def sync(self, now: datetime | None = None) -> int:
@@ -166,13 +162,5 @@ class Scheduler(Service):
             return None
         return Fired(name, due.tick, job_id, catch_up=due.catch_up)
 
-    async def _run(self) -> None:
-        while not self.stopping:
-            try:
-                wait = (await self.run_once()).wait
-                self.failures = 0
-            except Exception as exc:  # noqa: BLE001 - a background loop must survive anything
-                wait = self._failed(base=self.interval, cap=self.retry_cap)
-                log.warning("skiplock.%s failed (%s: %s); retrying in %.1fs", self.name, type(exc).__name__, exc,
-                            wait)
-            await self._wait_for(within=wait)
+    def next_delay(self, result: Round) -> float:
+        return result.wait

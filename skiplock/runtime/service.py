@@ -110,11 +110,15 @@ class PeriodicService(Service):
         super().__init__()
         self.interval = interval
 
+    def next_delay(self, result: Any) -> float:
+        """Seconds until the next round after one that returned `result`: the interval, unless
+        a service knows better (the scheduler wakes when its next schedule is due)."""
+        return self.interval
+
     async def _run(self) -> None:
         while not self.stopping:
-            delay = self.interval
             try:
-                await self.run_once()
+                delay = self.next_delay(await self.run_once())
                 self.failures = 0
             except Exception as exc:  # noqa: BLE001 - a background loop must survive anything
                 delay = self._failed(base=self.interval, cap=self.retry_cap)
