@@ -40,10 +40,13 @@ def test_the_api_keeps_every_promise_of_its_openapi_description(db_url: str, tmp
         examples = os.environ.get("SKIPLOCK_FUZZ_EXAMPLES", "25")
         seed = os.environ.get("SKIPLOCK_FUZZ_SEED", "1")  # empty: a random seed (make fuzz)
         env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PYTHONPATH": str(ROOT)}
+        # One schemathesis worker: with two, hypothesis describes lambdas with ast.parse on two
+        # threads at once, which CPython 3.11.7 can fail with "AST constructor recursion depth
+        # mismatch" (a runtime error in the tool, not a finding about the API).
         result = subprocess.run(
             [str(Path(sys.executable).with_name("st")), "run", f"{base}/openapi.json",
              "--header", f"Authorization: Bearer {TOKEN}", "--checks", "all",
-             "--max-examples", examples, "--workers", "2", "--no-color", "--output-truncate", "false",
+             "--max-examples", examples, "--workers", "1", "--no-color", "--output-truncate", "false",
              "--report", "ndjson", "--report-dir", str(tmp_path / "report"), *(["--seed", seed] if seed else [])],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3600)
         log = (tmp_path / "api.log").read_text()
