@@ -22,6 +22,11 @@ from app.http.openapi import spec
 from app.settings import Settings
 from skiplock.tasks import registry
 
+# The app's connection pool draws jitter from the global `random` on its own threads, which
+# hypothesis, seeing the state move while it draws, reports as a strategy using `random`.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Do not use the `random` module inside strategies:hypothesis.errors.HypothesisDeprecationWarning")
+
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(

@@ -55,8 +55,9 @@ def test_late_ack_of_a_frozen_worker_is_fenced(chaos_url: str, make_fleet: Calla
                                        " AND attempt = 2 AND worker_id = %s", (b.worker_id,)) == 3,
              LEASE + 15, "the jobs to be rescued and running on worker B as attempt 2")
     rescued_after = time.monotonic() - frozen_at
-    assert scalar(chaos_url, "SELECT count(*) FROM chaos.ledger WHERE worker_id = %s AND attempt = 2",
-                  (b.worker_id,)) == 3
+    # the row says running from the claim on; the handler writes its ledger row a moment later
+    wait_for(lambda: scalar(chaos_url, "SELECT count(*) FROM chaos.ledger WHERE worker_id = %s AND attempt = 2",
+                            (b.worker_id,)) == 3, 10, "worker B's handlers to start attempt 2")
     fleet.thaw(a)
 
     def late_acks_arrived() -> bool:
