@@ -28,7 +28,7 @@ MAX_CATCH_UP_STEPS = 10_000
 
 
 def check_schedule_name(name: Any, field: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput(f"schedule name must match {NAME_RE.pattern}, not {name!r}", field=field, value=name)
     return name
 

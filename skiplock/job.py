@@ -42,7 +42,7 @@ def priority_value(priority: str | int) -> int:
 
 
 def check_queue(name: str, field: str = "queue") -> str:
-    if not isinstance(name, str) or not QUEUE_RE.match(name):
+    if not isinstance(name, str) or not QUEUE_RE.fullmatch(name):
         raise InvalidInput(
             f"queue name {name!r} is invalid: use 1-63 characters from a-z, 0-9, '_', '.', '-', "
             "starting with a letter, digit or '_'", field=field, value=name)
@@ -50,7 +50,7 @@ def check_queue(name: str, field: str = "queue") -> str:
 
 
 def check_task_name(name: str, field: str = "task") -> str:
-    if not isinstance(name, str) or not TASK_RE.match(name):
+    if not isinstance(name, str) or not TASK_RE.fullmatch(name):
         raise InvalidInput(
             f"task name {name!r} is invalid: use 1-128 characters from letters, digits, '_', '.', ':', '-', "
             "starting with a letter or '_'", field=field, value=name)

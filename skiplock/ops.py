@@ -81,7 +81,7 @@ other characters, so anything else is refused before decoding."""
 
 def decode_cursor(raw: str) -> uuid.UUID:
     try:
-        if not isinstance(raw, str) or not CURSOR_RE.match(raw):
+        if not isinstance(raw, str) or not CURSOR_RE.fullmatch(raw):
             raise ValueError(raw)
         return uuid.UUID(bytes=base64.urlsafe_b64decode(raw + "=="))
     except (binascii.Error, ValueError):

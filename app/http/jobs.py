@@ -36,7 +36,7 @@ async def submit(request: Request) -> Response:
     state = api(request)
     body = validate(JobIn, await read_json(request, state.settings.max_body_bytes))
     header_key = request.headers.get("idempotency-key")
-    if header_key is not None and not HEADER_KEY_RE.match(header_key):
+    if header_key is not None and not HEADER_KEY_RE.fullmatch(header_key):
         raise InvalidInput("the Idempotency-Key header must be 1-255 printable ASCII characters",
                            field="Idempotency-Key")
     if header_key is not None and body.idempotency_key is not None and header_key != body.idempotency_key:

@@ -117,6 +117,8 @@ class JobOut(BaseModel):
     timeout: float | None
     idempotency_key: str | None
     batch_id: uuid.UUID | None
+    correlation_id: str | None = Field(None, description="The id of the request that submitted the job "
+                                                         "(its X-Request-ID); also on every transition")
     result: Any = None
     last_error: str | None
     progress: dict[str, Any] | None

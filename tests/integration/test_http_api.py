@@ -48,6 +48,7 @@ def test_submit_inspect_and_history_with_request_id(client: TestClient):
     job = r.json()
     assert (job["task"], job["state"], job["priority"], job["queue"]) == ("echo", "queued", "high", "default")
     assert r.headers["location"] == f"/jobs/{job['id']}"
+    assert job["correlation_id"] == "req-1"
     got = client.get(f"/jobs/{job['id']}").json()
     assert got["args"] == {"message": "hi"}
     assert [(h["state"], h["correlation_id"]) for h in got["history"]] == [("queued", "req-1")]

@@ -101,3 +101,12 @@ def test_args_too_deeply_nested_to_store_are_invalid_arguments():
     with pytest.raises(InvalidArguments) as info:
         reg.get("deep").validate({"data": nested})
     assert info.value.field == "args"
+
+
+@pytest.mark.parametrize("name", ["default\n", "default\r\n", "a\nb"])
+def test_a_name_with_a_line_break_is_refused_whole_not_cut_at_the_break(name: str):
+    from skiplock.job import check_queue, check_task_name
+    with pytest.raises(InvalidInput):
+        check_queue(name)
+    with pytest.raises(InvalidInput):
+        check_task_name(name)
