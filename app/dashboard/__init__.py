@@ -38,16 +38,16 @@ async def asset(request: Request) -> Response:
 
 def routes() -> list[Route]:
     return [
-        Route("/", pages.overview, methods=["GET"]),
-        Route("/ui/jobs", pages.jobs, methods=["GET"]),
-        Route("/ui/jobs/{job_id}", pages.job, methods=["GET"]),
-        Route("/ui/jobs/{job_id}/retry", actions.retry, methods=["POST"]),
-        Route("/ui/jobs/{job_id}/cancel", actions.cancel, methods=["POST"]),
-        Route("/ui/queues/{name}/pause", actions.pause, methods=["POST"]),
-        Route("/ui/queues/{name}/resume", actions.resume, methods=["POST"]),
-        Route("/ui/queues/{name}/retry-failed", actions.retry_failed, methods=["POST"]),
-        Route("/ui/login", actions.login_form, methods=["GET"]),
-        Route("/ui/login", actions.login, methods=["POST"]),
-        Route("/ui/logout", actions.logout, methods=["POST"]),
-        Route("/ui/static/{name}", asset, methods=["GET"]),
+        Route("/", pages.overview, methods=["GET"], include_in_schema=False),
+        Route("/ui/jobs", pages.jobs, methods=["GET"], include_in_schema=False),
+        Route("/ui/jobs/{job_id}", pages.job, methods=["GET"], include_in_schema=False),
+        Route("/ui/jobs/{job_id}/retry", actions.retry, methods=["POST"], include_in_schema=False),
+        Route("/ui/jobs/{job_id}/cancel", actions.cancel, methods=["POST"], include_in_schema=False),
+        Route("/ui/queues/{name}/pause", actions.pause, methods=["POST"], include_in_schema=False),
+        Route("/ui/queues/{name}/resume", actions.resume, methods=["POST"], include_in_schema=False),
+        Route("/ui/queues/{name}/retry-failed", actions.retry_failed, methods=["POST"], include_in_schema=False),
+        Route("/ui/login", actions.login_form, methods=["GET"], include_in_schema=False),
+        Route("/ui/login", actions.login, methods=["POST"], include_in_schema=False),
+        Route("/ui/logout", actions.logout, methods=["POST"], include_in_schema=False),
+        Route("/ui/static/{name}", asset, methods=["GET"], include_in_schema=False),
     ]
