@@ -67,7 +67,7 @@ def parse_one(item: str) -> ApiToken:
         last = parts[-1]
         found_rate = parse_rate(last)
         if last in ROLES and role is None:
-            role = last  # type: ignore[assignment]  # checked: one of ROLES
+            role = last  # one of ROLES
         elif found_rate is not None and rate is None:
             rate = found_rate
         else:

@@ -13,7 +13,6 @@ from app.http.auth import find_token
 from .session import csrf_ok
 from .web import HEADERS, Viewer, api, back, dashboard, error_page, local_path, page, set_cookie, view, viewer
 
-
 FORM_BYTES = 16 * 1024
 """The dashboard's forms are a few short fields; a bigger body is no form of ours."""
 

@@ -89,7 +89,8 @@ def test_jobs_list_filters_searches_and_pages(open_client: TestClient, make_job:
     assert open_client.get("/ui/jobs?state=nope").status_code == 422
 
 
-def test_a_short_page_continues_below_the_last_row_read(db_url: str, make_job: MakeJob, monkeypatch: pytest.MonkeyPatch):
+def test_a_short_page_continues_below_the_last_row_read(db_url: str, make_job: MakeJob,
+                                                        monkeypatch: pytest.MonkeyPatch):
     import skiplock.insight
     monkeypatch.setattr(skiplock.insight, "SCAN_ROWS", 3)
     monkeypatch.setattr(skiplock.insight.search_jobs, "__kwdefaults__", {"scan": 3})
