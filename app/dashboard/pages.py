@@ -16,7 +16,7 @@ from skiplock.job import PRIORITY_NAMES, STATES
 from skiplock.ops import encode_cursor
 
 from .charts import chart
-from .web import HEADERS, Viewer, api, page, view
+from .web import HEADERS, Viewer, api, dashboard, page, view
 
 FILTERS = ("queue", "state", "task", "batch", "since", "until", "q")
 
@@ -26,7 +26,7 @@ async def overview(request: Request, v: Viewer) -> Response:
     ops = api(request).ops
     queues = (await ops.queues(limit=500)).queues
     workers = await ops.workers()
-    minutes, hours = await ops.throughput()
+    minutes, hours = await dashboard(request).charts.get(ops)
     return page(request, v, "overview.html", queues=queues, workers=workers,
                 charts=[chart("Jobs finished per minute, last hour", minutes, "%H:%M"),
                         chart("Jobs finished per hour, last day", hours, "%d %H:00")])
@@ -61,7 +61,8 @@ async def jobs(request: Request, v: Viewer) -> Response:
     older = None
     if found.next_before is not None:
         older = "/ui/jobs?" + urlencode({**given, "cursor": encode_cursor(found.next_before)})
-    queues = [q["queue"] for q in (await api(request).ops.queues(limit=500)).queues]
+    # Suggestions from the registry only: every queue name in the table would cost a scan.
+    queues = sorted({t.queue for t in api(request).registry})
     tasks = sorted({t.name for t in api(request).registry})
     return page(request, v, "jobs.html", jobs=found.jobs, older=older, short=found.short, f=given,
                 queues=queues, tasks=tasks, states=STATES, paged="cursor" in p)

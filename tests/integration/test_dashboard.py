@@ -194,3 +194,18 @@ def test_pause_resume_and_retry_all_failed_of_a_queue(open_client: TestClient, m
     r = open_client.post("/ui/queues/mail/retry-failed", data={"csrf": csrf})
     assert r.status_code == 303 and "3%20failed" in r.headers["location"]
     assert [state_of(db_url, j) for j in failed] == ["queued"] * 3 and state_of(db_url, other) == "failed"
+
+
+def test_without_tokens_the_dashboard_answers_only_to_loopback_names(db_url: str):
+    with make_client(db_url, allowed_hosts="") as c:
+        assert c.get("/", headers={"Host": "127.0.0.1:8000"}).status_code == 200
+        assert c.get("/", headers={"Host": "evil.example"}).status_code == 421  # DNS rebinding
+        assert c.get("/ui/jobs", headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_a_dashboard_session_keeps_its_tokens_request_rate(db_url: str):
+    with make_client(db_url, api_tokens="admintok,slow:read:2/m") as c:
+        login(c, "slow")  # the login itself reads the overview once
+        assert c.get("/ui/jobs").status_code == 200
+        r = c.get("/")
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 30
