@@ -11,7 +11,7 @@
   var every = Number(document.body.getAttribute("data-refresh") || "5") * 1000;
   function refresh() {
     if (document.hidden) { return; }
-    fetch(window.location.href, { credentials: "same-origin", headers: { "X-Live": "1" } })
+    fetch(window.location.href, { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.text() : null; })
       .then(function (html) {
         if (!html) { return; }
