@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.tokens import ApiToken, parse_tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,7 +19,10 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL",
                                      description="PostgreSQL URL; unset: the embedded cluster under .skiplock/")
     tasks: str = Field(default="app.tasks", description="Comma-separated modules that define task handlers")
-    api_tokens: str = Field(default="", description="Comma-separated bearer tokens; empty: no auth, 127.0.0.1 only")
+    api_tokens: str = Field(default="", description="Comma-separated bearer tokens, each optionally with :role "
+                            "(read, submit, admin) and :rate (N/s, N/m, N/h); empty: no auth, 127.0.0.1 only")
+    session_secret: str = Field(default="", description="Key that signs dashboard session cookies; empty: a "
+                                "random key per process (sessions end when it restarts)")
     host: str = "127.0.0.1"
     port: int = 8000
     home: Path = Field(default=ROOT / ".skiplock", description="Where the embedded cluster lives")
@@ -55,6 +60,12 @@ class Settings(BaseSettings):
             raise ValueError(f"SKIPLOCK_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {v!r}")
         return v
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, v: str) -> str:
+        parse_tokens(v)  # refuse a bad list at start-up, naming the entry
+        return v
+
     @property
     def task_modules(self) -> list[str]:
         return [m.strip() for m in self.tasks.split(",") if m.strip()]
@@ -64,5 +75,10 @@ class Settings(BaseSettings):
         return [q.strip() for q in self.queues.split(",") if q.strip()] or None
 
     @property
+    def tokens(self) -> list[ApiToken]:
+        """The API tokens with their roles and rates (app/tokens.py)."""
+        return parse_tokens(self.api_tokens)
+
+    @property
     def token_list(self) -> list[str]:
-        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+        return [t.secret.decode() for t in self.tokens]

@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from . import db
+from . import db, insight
 from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
 from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, enqueue_many
@@ -241,6 +241,36 @@ class Operations:
                                         batch_id=batch_id, before=before, limit=limit + 1)
         page = rows[:limit]
         return JobPage(page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None)
+
+    async def search_jobs(self, *, queue: str | None = None, state: str | None = None, task: str | None = None,
+                          batch: str | uuid.UUID | None = None, text: str | None = None,
+                          since: datetime | None = None, until: datetime | None = None, limit: int = 50,
+                          cursor: str | None = None) -> insight.SearchPage:
+        """The dashboard's job list: list_jobs plus a time range (of creation) and a text search
+        in the task, arguments and last error, reading a bounded number of rows per page
+        (insight.SCAN_ROWS); a short page with a cursor means older matches may follow."""
+        if state is not None and state not in STATES:
+            raise InvalidInput(f"state must be one of {', '.join(STATES)}", field="state", value=state)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit", value=limit)
+        async with self._conn() as conn:
+            return await insight.search_jobs(
+                conn, queue=check_queue(queue) if queue is not None else None, state=state,
+                task=check_task_name(task) if task is not None else None,
+                batch_id=parse_job_id(batch, field="batch") if batch is not None else None,
+                text=text or None, since=since, until=until,
+                before=decode_cursor(cursor) if cursor is not None else None, limit=limit)
+
+    async def throughput(self, *, now: datetime | None = None) -> tuple[list[insight.Bucket], list[insight.Bucket]]:
+        """Jobs finished per minute over the last hour and per hour over the last day."""
+        async with self._conn() as conn:
+            return await insight.throughput(conn, now=now)
+
+    async def retry_failed(self, queue: str, *, correlation_id: str | None = None) -> int:
+        """Every failed job of the queue back to queued (as `retry` does each); how many."""
+        name = check_queue(queue, field="name")
+        async with self._conn() as conn:
+            return await insight.retry_failed(conn, name, correlation_id=correlation_id)
 
     async def cancel(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
         """queued or running → cancelled (a running job's worker stops it); InvalidTransition

@@ -13,7 +13,9 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from app import dashboard
 from app.settings import Settings
+from app.tokens import RateLimiter
 from skiplock import db
 from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
@@ -68,12 +70,16 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/tasks", system.tasks, methods=["GET"]),
         Route("/health", system.health, methods=["GET"]),
         Route("/openapi.json", system.openapi, methods=["GET"]),
+        *dashboard.routes(),
     ]
-    guard = Middleware(Guard, tokens=settings.token_list, max_body_bytes=settings.max_body_bytes,
-                       allowed_hosts=access.allowed_hosts(settings), body_timeout=settings.body_timeout)
+    limiter = RateLimiter()
+    guard = Middleware(Guard, tokens=settings.tokens, max_body_bytes=settings.max_body_bytes,
+                       allowed_hosts=access.allowed_hosts(settings), body_timeout=settings.body_timeout,
+                       limiter=limiter)
     app = Starlette(routes=with_405(routes), lifespan=lifespan, middleware=[guard],
                     exception_handlers={**HANDLERS, BodyTimeout: body_timeout, ClientDisconnect: client_gone})
     app.state.api = state
+    app.state.dashboard = dashboard.state(settings, limiter)
     return app
 
 

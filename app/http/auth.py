@@ -1,7 +1,11 @@
 """The guard in front of every route (a plain ASGI middleware): correlation id, then, before
 any route runs, the access rules (app/http/access.py), bearer-token auth compared in
-constant time, the content type and size of a body, and a bound on the wait for each part
-of a body (app/http/transport.py)."""
+constant time, the token's request rate and role (app/tokens.py), the content type and size
+of a body, and a bound on the wait for each part of a body (app/http/transport.py).
+
+The dashboard's pages (`/` and `/ui/...`) get the same host, origin and size rules, but no
+bearer token: a browser keeps the token in a signed session cookie that the dashboard
+checks itself, with its own CSRF token on every form (app/dashboard/session.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.tokens import ApiToken, RateLimiter, may, retry_after, role_needed
+
 from . import access
 from .errors import error_response
 from .transport import bounded_receive
@@ -21,22 +27,30 @@ OPEN_PATHS = frozenset({"/health"})
 """Paths served without a token and to any Host: probes (a container's, a load balancer's)
 name whatever address they reach the server by, and /health reveals nothing."""
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,200}$")
+FORM = "application/x-www-form-urlencoded"
 
 
-def token_ok(presented: str, tokens: Sequence[bytes]) -> bool:
-    """Compare against every configured token, always all of them, in constant time."""
+def is_dashboard(path: str) -> bool:
+    return path == "/" or path == "/ui" or path.startswith("/ui/")
+
+
+def find_token(presented: str, tokens: Sequence[ApiToken]) -> ApiToken | None:
+    """The configured token equal to `presented`: compared with every one, always all of them,
+    in constant time."""
     candidate = presented.encode()
-    ok = False
+    found: ApiToken | None = None
     for t in tokens:
-        ok |= hmac.compare_digest(candidate, t)
-    return ok
+        if hmac.compare_digest(candidate, t.secret):
+            found = t
+    return found
 
 
 class Guard:
-    def __init__(self, app: ASGIApp, *, tokens: Sequence[str], max_body_bytes: int,
-                 allowed_hosts: frozenset[str] | None, body_timeout: float) -> None:
+    def __init__(self, app: ASGIApp, *, tokens: Sequence[ApiToken], max_body_bytes: int,
+                 allowed_hosts: frozenset[str] | None, body_timeout: float, limiter: RateLimiter | None = None) -> None:
         self.app = app
-        self.tokens = [t.encode() for t in tokens]
+        self.tokens = list(tokens)
+        self.limiter = limiter if limiter is not None else RateLimiter()
         self.max_body_bytes = max_body_bytes
         self.allowed_hosts = allowed_hosts
         self.body_timeout = body_timeout
@@ -77,18 +91,37 @@ class Guard:
         if self.allowed_hosts is not None and path not in OPEN_PATHS and host not in self.allowed_hosts:
             return (421, "misdirected_request", f"this server does not answer to the host {host!r}; "
                     "SKIPLOCK_ALLOWED_HOSTS lists the names it does", {"host": host}, {})
-        if self.tokens and path not in OPEN_PATHS:
+        dashboard = is_dashboard(path)
+        if self.tokens and path not in OPEN_PATHS and not dashboard:
             scheme, _, presented = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not token_ok(presented.strip(), self.tokens):
+            token = find_token(presented.strip(), self.tokens) if scheme.lower() == "bearer" else None
+            if token is None:
                 return (401, "unauthorized", "a valid bearer token is required (Authorization: Bearer <token>)",
                         {}, {"WWW-Authenticate": "Bearer"})
+            # Every request counts against the rate, refused ones too: a client cannot probe
+            # faster than its rate by asking for what its role forbids.
+            rate = token.rate
+            wait = self.limiter.take(token.secret, rate) if rate is not None else 0.0
+            if rate is not None and wait > 0:
+                after = retry_after(wait)
+                return (429, "rate_limited", f"this token may make {rate.text} requests (that many back to "
+                        f"back at most); retry in {after} s", {"limit": rate.text, "retry_after_seconds": int(after)},
+                        {"Retry-After": after})
+            needed = role_needed(method, path)
+            if not may(token.role, needed):
+                return (403, "forbidden", f"this token's role is {token.role}; {method} {path} needs {needed}",
+                        {"role": token.role, "needed": needed}, {})
         why = access.cross_origin(method, headers)
         if why is not None:
             return 403, "cross_origin", f"a request from another site's page is refused: {why}", {}, {}
         if not access.has_body(headers):
             return None
         content_type = headers.get("content-type")
-        if method in access.BODY_METHODS and not access.is_json(content_type):
+        if dashboard:  # the dashboard's forms; a JSON body is not one of them
+            if method in access.BODY_METHODS and (content_type or "").partition(";")[0].strip().lower() != FORM:
+                return (415, "unsupported_media_type", f"the dashboard takes forms ({FORM})",
+                        {"content_type": content_type, "expected": FORM}, {})
+        elif method in access.BODY_METHODS and not access.is_json(content_type):
             return (415, "unsupported_media_type", f"the request body must be sent as {access.JSON}",
                     {"content_type": content_type, "expected": access.JSON}, {})
         length = headers.get("content-length")

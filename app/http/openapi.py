@@ -35,7 +35,8 @@ ERRORS = {
     401: "Missing or wrong bearer token (when SKIPLOCK_API_TOKENS is set)",
     404: "Unknown id, schedule or route",
     405: "Method not allowed on this path (the Allow header lists the allowed ones)",
-    403: "A state change sent from another origin (Origin or Sec-Fetch-Site: cross-site)",
+    403: "A state change sent from another origin (Origin or Sec-Fetch-Site: cross-site), or the token's role "
+         "(read, submit, admin) may not make this request",
     408: "The request's head or body did not arrive in time (SKIPLOCK_HEADER_TIMEOUT, SKIPLOCK_BODY_TIMEOUT)",
     409: "The job's state forbids this, the idempotency key was used for a different job "
          "(details.job_id; in a bulk also details.index), or the queue still has jobs (details.jobs)",
@@ -47,8 +48,8 @@ ERRORS = {
          "surrogates, numbers beyond +-1.8e308, nesting deeper than 64 levels, more JSON items "
          "(values and keys) than the limit below",
     431: "The request line and headers are over SKIPLOCK_MAX_HEADER_BYTES",
-    429: "The queue holds its maximum of waiting jobs (Retry-After); a repeat of an idempotent "
-         "submission still gets its job",
+    429: "The queue holds its maximum of waiting jobs, or the token is over its request rate (Retry-After: "
+         "seconds until a request is served); a repeat of an idempotent submission still gets its job",
     503: "The database is unreachable (Retry-After): the first request of an outage within the pool "
          "timeout (5 s), later ones within about 1 s",
 }
@@ -267,6 +268,8 @@ def _spec(limits: tuple[int, int, int], tasks_key: str, registry: TaskRegistry) 
         # The guard answers these before any route: duplicated headers, unknown host, slow or
         # oversized heads and bodies; cross-origin refusals only for state changes.
         guard = [400, 408, 421, 431] + ([403] if op.method != "get" else [])
+        if op.path not in OPEN:  # a token's role and request rate
+            guard += [403, 429]
         for status in sorted({*op.errors, *guard, 405}):
             headers = {"X-Request-ID": REQUEST_ID_OUT}
             if status in RETRY_AFTER:

@@ -86,7 +86,8 @@ def test_the_wheel_ships_every_package_the_sql_files_and_migrations(tmp_path: Pa
     [wheel] = tmp_path.glob("skiplock-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"skiplock/_sql/jobs.sql", "skiplock/_sql/schema.sql", "migrations/env.py",
-            "migrations/versions/0001_initial.py", "skiplock/runtime/worker.py", "skiplock/queries/jobs.py"} <= names
+            "migrations/versions/0001_initial.py", "skiplock/runtime/worker.py", "skiplock/queries/jobs.py",
+            "app/http/auth.py", "app/dashboard/templates/base.html", "app/dashboard/static/live.js"} <= names
 
 
 def test_args_too_deeply_nested_to_store_are_invalid_arguments():
