@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import InvalidInput, JobCancelled
@@ -24,7 +25,8 @@ class JobContext:
 
     def __init__(self, *, job_id: uuid.UUID, task: str, queue: str, attempt: int, max_attempts: int,
                  checkpoint: Any, worker_id: str, on_update: Callable[[JobContext], None],
-                 max_json_bytes: int = MAX_RESULT_BYTES, correlation_id: str | None = None) -> None:
+                 max_json_bytes: int = MAX_RESULT_BYTES, correlation_id: str | None = None,
+                 open_transaction: Callable[[JobContext], Awaitable[Any]] | None = None) -> None:
         self.job_id = job_id
         self.task = task
         self.queue = queue
@@ -34,6 +36,7 @@ class JobContext:
         self.worker_id = worker_id
         self.correlation_id = correlation_id
         self._on_update = on_update
+        self._open_transaction = open_transaction
         self.max_json_bytes = max_json_bytes
         self._cancelled = False  # set from the event loop, read from any thread: a plain flag
         self.pending_progress: dict[str, Any] | None = None
@@ -52,6 +55,23 @@ class JobContext:
 
     def mark_cancelled(self) -> None:
         self._cancelled = True
+
+    def transaction(self) -> Awaitable[Any]:
+        """`conn = await ctx.transaction()`: a psycopg AsyncConnection with a transaction open,
+        whose commit is this job's acknowledgement. Write the application's own rows on it and
+        return: the worker marks the job succeeded in the same transaction and commits, so the
+        writes and the success commit together or not at all (a crash, a rescue or a
+        cancellation before the commit leaves no write behind). If the handler raises, the
+        writes are rolled back and the attempt fails as usual. Calling it again within the
+        attempt returns the same connection. Async handlers only."""
+        if self._open_transaction is None:
+            raise InvalidInput("ctx.transaction() is available to handlers run by a worker", field="transaction")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise InvalidInput("ctx.transaction() needs an async handler (async def): a sync handler runs on "
+                               "a thread of its own", field="transaction") from None
+        return self._open_transaction(self)
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress: 0-100 and an optional message."""

@@ -208,6 +208,14 @@ SELECT i.id, false FROM input i
   JOIN skiplock.jobs j ON j.id = i.id AND j.attempt = i.attempt AND j.worker_id = i.worker AND j.state = i.held
  WHERE i.id NOT IN (SELECT id FROM done);
 
+-- name: held_in_transaction
+-- Opens a handler's own transaction (JobContext.transaction) with a check that its attempt
+-- still holds the job. No lock: the heartbeat and the rescuer must not wait on a handler.
+-- The acknowledgement at the end of the handler is the fence; this check only spares a
+-- handler work that could never commit.
+SELECT 1 AS held FROM skiplock.jobs
+ WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running';
+
 -- name: release_many_if_held
 -- Graceful shutdown: jobs still running after the grace period go back to queued, due
 -- now, and the interrupted attempt is given back.

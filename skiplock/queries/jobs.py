@@ -89,6 +89,11 @@ async def finish_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid
     return {r["id"] for r in rows if r["done"]}, {r["id"] for r in rows if not r["done"]}
 
 
+async def held_in_transaction(conn: AsyncConn, *, job_id: uuid.UUID, attempt: int, worker_id: str) -> bool:
+    return await fetch_one(conn, "held_in_transaction",
+                           {"id": job_id, "attempt": attempt, "worker_id": worker_id}) is not None
+
+
 async def update_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
                               checkpoints: list[Jsonb | None], progresses: list[Jsonb | None]) -> set[uuid.UUID]:
     rows = await fetch_all(conn, "update_many_if_held", {

@@ -148,7 +148,7 @@ class Completer(Service):
             done, locked = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
                 attempts=[o.attempt for o in batch], states=[o.state for o in batch],
-                results=_column([_stored(o.result_json) for o in batch]),
+                results=_column([stored_result(o.result_json) for o in batch]),
                 errors=_column([o.error for o in batch]), run_ats=_column([o.run_at for o in batch]),
                 checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
                 progresses=_column([db.jsonb(o.progress) for o in batch]))
@@ -238,7 +238,7 @@ def _same(data: bytes) -> bytes:
     return data
 
 
-def _stored(data: bytes | None) -> Jsonb | None:
+def stored_result(data: bytes | None) -> Jsonb | None:
     """A result already serialised and checked by the executor: sent as it is."""
     return None if data is None else Jsonb(data, dumps=_same)
 

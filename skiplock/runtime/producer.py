@@ -29,6 +29,7 @@ from .executor import Outcome, execute, failed_attempt
 from .inflight import OVERRUN_GRACE, InFlight, Running
 from .service import Service
 from .threads import JobRef, current_job
+from .transactions import HandlerTransactions
 
 CLAIM_PART = 200
 """Rows per claim statement before a claim is split in two. Measured with no-op jobs at
@@ -57,7 +58,8 @@ class Producer(Service):
                  worker_id: str, queues: Sequence[str] | None, concurrency: int, lease_seconds: float,
                  poll_interval: float, on_outcome: Callable[[Outcome], None],
                  on_update: Callable[[JobContext], None], healthy: Callable[[], bool] = lambda: True,
-                 burst: bool = False, max_result_bytes: int = MAX_RESULT_BYTES) -> None:
+                 burst: bool = False, max_result_bytes: int = MAX_RESULT_BYTES,
+                 transactions: HandlerTransactions | None = None) -> None:
         super().__init__()
         self.pool = pool
         self.inflight = inflight
@@ -72,6 +74,7 @@ class Producer(Service):
         self.healthy = healthy
         self.burst = burst
         self.max_result_bytes = max_result_bytes
+        self.transactions = transactions
         self.ack_backlog = max(2 * concurrency, 1000)
         self.wedged = False
         self.claimed = 0
@@ -149,7 +152,8 @@ class Producer(Service):
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
                          on_update=self.on_update, max_json_bytes=self.max_result_bytes,
-                         correlation_id=job.correlation_id)
+                         correlation_id=job.correlation_id,
+                         open_transaction=self.transactions.open_for if self.transactions else None)
         if debug:
             emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id,
                  correlation_id=job.correlation_id)
@@ -167,11 +171,23 @@ class Producer(Service):
         # watchdog reports who blocked the loop, and sync handler threads carry the job.
         current_job.set(JobRef(job.id, job.attempt, job.task, self.worker_id, job.timeout, started))
         ours = True
+        settled: Outcome | None = None
+        tx = self.transactions
         try:
             outcome = await execute(job, ctx, self.registry, max_result_bytes=self.max_result_bytes)
+            if tx is not None and tx.holds(ctx):
+                # its writes and its acknowledgement commit together, here, while the job still counts as running
+                settled = await tx.settle(ctx, outcome, lambda error: failed_attempt(
+                    job, ctx, self.registry.get(job.task).retry, error, duration=outcome.duration))
+                if settled is None:
+                    self._record(outcome, job.correlation_id)
+                    return
+                outcome = settled
         except asyncio.CancelledError:
             return  # cancelled, rescued or released: whoever did that owns the row now
         finally:
+            if tx is not None:
+                await tx.discard(ctx)  # a transaction the attempt left open is rolled back
             ours = self.inflight.leave(job.id)
             self._slot_freed()
         if not ours:

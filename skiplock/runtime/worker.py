@@ -42,6 +42,7 @@ from .rescuer import DeadWorkerRescuer, Rescuer
 from .scheduler import Scheduler
 from .service import Lifecycle
 from .summary import Summary
+from .transactions import HandlerTransactions
 from .watchdog import EXIT_WEDGED, SHUTDOWN_BOUND, Watchdog
 
 STOP_WAIT = 3.0
@@ -154,10 +155,13 @@ class Worker:
                             check=False, timeout=min(5.0, self.lease_seconds / 4))
         await pool.open()
         completer = Completer(pool, self.inflight, worker_id=self.id, stop_timeout=SHUTDOWN_BOUND - STOP_WAIT - 1)
+        transactions = HandlerTransactions(self.url, worker_id=self.id, size=self.concurrency, counts=completer.counts,
+                                           lock_wait=self.lease_seconds / 3)
         producer = Producer(pool, self.inflight, self.registry, worker_id=self.id, queues=self.queues,
                             concurrency=self.concurrency, lease_seconds=self.lease_seconds,
                             poll_interval=self.poll_interval, on_outcome=completer.add, on_update=completer.update,
-                            healthy=self.heartbeat.healthy, burst=self.burst, max_result_bytes=self.max_result_bytes)
+                            healthy=self.heartbeat.healthy, burst=self.burst, max_result_bytes=self.max_result_bytes,
+                            transactions=transactions)
         services = self.services(pool, completer, producer)
         await self._register(pool)
         for s in services:
@@ -182,6 +186,7 @@ class Worker:
             for s in reversed(services):
                 await s.stop()
             await self._release(pool, leftover)
+            await transactions.close()
             try:
                 async with pool.connection() as conn:
                     await workers.unregister_worker(conn, self.id)
