@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from app.settings import Settings
 from skiplock import db
+from skiplock.coalesce import SubmitCoalescer
 from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
 from skiplock.wakeup import Wakeups
@@ -44,9 +45,13 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)  # start even while the database is away; requests answer 503
         wakeups.start()
+        state.submitter = SubmitCoalescer(state.ops)
+        state.submitter.start()
         try:
             yield
         finally:
+            await state.submitter.stop()  # stores what was submitted, then submissions go alone
+            state.submitter = None
             await wakeups.stop()
             await pool.close()
 
@@ -73,6 +78,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     guard = Middleware(Guard, tokens=settings.token_list, max_body_bytes=settings.max_body_bytes,
                        allowed_hosts=access.allowed_hosts(settings), body_timeout=settings.body_timeout)
     counted = Middleware(metrics.RequestMetrics, registry=state.metrics_registry)  # outermost: refusals count too
+    metrics.count_submissions(state)
     app = Starlette(routes=with_405(routes), lifespan=lifespan, middleware=[counted, guard],
                     exception_handlers={**HANDLERS, BodyTimeout: body_timeout, ClientDisconnect: client_gone})
     app.state.api = state

@@ -14,6 +14,8 @@ from starlette.requests import Request
 
 from app.settings import Settings
 from skiplock import db
+from skiplock.coalesce import SubmitCoalescer
+from skiplock.enqueue import Enqueued, JobSpec
 from skiplock.errors import InvalidInput
 from skiplock.metrics import JobMetrics
 from skiplock.ops import Operations
@@ -32,6 +34,7 @@ class ApiState:
     outage: bool = False
     ops: Operations = field(init=False)
     job_metrics: JobMetrics = field(init=False)
+    submitter: SubmitCoalescer | None = None  # POST /jobs in groups; started by the lifespan
     metrics_registry: CollectorRegistry = field(default_factory=CollectorRegistry)  # this process's requests
 
     def __post_init__(self) -> None:
@@ -40,6 +43,14 @@ class ApiState:
         self.ops = Operations(lambda: self.connection(), pool=self.pool, registry=self.registry,
                               max_args_bytes=self.settings.max_args_bytes, wakeups=self.wakeups)
         self.job_metrics = JobMetrics(lambda: self.connection(), live_seconds=self.settings.lease_seconds)
+
+    async def submit_one(self, spec: JobSpec, *, correlation_id: str | None) -> Enqueued:
+        """One job from a request, stored with those of the requests that arrive meanwhile
+        (skiplock/coalesce.py); alone before the lifespan has started the coalescer."""
+        if self.submitter is not None:
+            return await self.submitter.submit(spec, correlation_id=correlation_id, json_args=True)
+        [job] = await self.ops.submit([spec], correlation_id=correlation_id, json_args=True)
+        return job
 
     @contextlib.asynccontextmanager
     async def connection(self, wait: float | None = None) -> AsyncIterator[db.AsyncConn]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skiplock.metrics import Snapshot
 
-from .context import api
+from .context import ApiState, api
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -55,6 +55,13 @@ class RequestMetrics:
             name = route.path if isinstance(route, Route) else "unmatched"
             self.requests.labels(scope["method"], name, str(status)).inc()
             self.latency.labels(scope["method"], name).observe(time.perf_counter() - start)
+
+
+def count_submissions(state: ApiState) -> None:
+    """A gauge of the POST /jobs submissions waiting for their group to be stored."""
+    pending = Gauge("skiplock_http_submissions_pending", "POST /jobs submissions accepted and not answered yet "
+                    "(waiting to be stored with the others that arrive meanwhile)", registry=state.metrics_registry)
+    pending.set_function(lambda: state.submitter.pending if state.submitter is not None else 0)
 
 
 class SnapshotCollector(Collector):
