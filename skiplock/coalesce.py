@@ -26,7 +26,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 
-from .enqueue import Enqueued, JobSpec
+from .enqueue import CheckedSpec, Enqueued, JobSpec
 from .errors import DatabaseUnavailable, QueueFull, SkiplockError
 from .ops import Operations
 from .runtime.service import Service
@@ -41,7 +41,7 @@ and is inserted."""
 
 @dataclass(eq=False)
 class _Pending:
-    spec: JobSpec
+    spec: CheckedSpec
     queue: str
     correlation_id: str | None
     answer: asyncio.Future[Enqueued]
@@ -72,12 +72,12 @@ class SubmitCoalescer(Service):
 
     async def submit(self, spec: JobSpec, *, correlation_id: str | None = None, json_args: bool = False) -> Enqueued:
         """Store one job (what `Operations.submit([spec])` does, answered the same way)."""
-        queue = await self.ops.check_submission(spec, json_args=json_args)
+        checked = await self.ops.check_submission(spec, json_args=json_args)
         if self._task is None or self.stopping:
-            [job] = await self.ops.submit([spec], correlation_id=correlation_id)
+            [job] = await self.ops.submit([checked], correlation_id=correlation_id)
             return job
         answer: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(spec, queue, correlation_id, answer, next(self._arrivals)))
+        self._queue.append(_Pending(checked, checked.values["queue"], correlation_id, answer, next(self._arrivals)))
         self._arrived.set()
         self.pending += 1
         try:
@@ -101,6 +101,9 @@ class SubmitCoalescer(Service):
                     return
                 self._arrived.clear()
                 await self._arrived.wait()
+                # Requests already read are runnable now: let them reach the queue and join this
+                # group, instead of each waiting a round trip for the next one.
+                await asyncio.sleep(0)
             await self.run_once()
 
     async def _closed(self) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
@@ -145,10 +146,23 @@ def _conflict(index: int | None, key: str, row: dict[str, Any], batch_index: int
                                field="idempotency_key", details=details)
 
 
-def check_spec(spec: JobSpec, *, registry: TaskRegistry | None = None, max_args_bytes: int = MAX_ARGS_BYTES) -> None:
-    """Raise InvalidInput (naming the field) for what `enqueue_many` would refuse in `spec`
-    before storing it."""
-    _resolve(spec, registry if registry is not None else default_registry, max_args_bytes, None)
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+
+
+@dataclass
+class CheckedSpec(JobSpec):
+    """A JobSpec that `check_spec` accepted, carrying the values to insert (its id included),
+    so that `enqueue_many` stores them without checking the spec again."""
+
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def check_spec(spec: JobSpec, *, registry: TaskRegistry | None = None,
+               max_args_bytes: int = MAX_ARGS_BYTES) -> CheckedSpec:
+    """`spec` checked as `enqueue_many` checks it before storing (InvalidInput naming the
+    field), with the values it resolves to (a `delay` counts from now)."""
+    values = _resolve(spec, registry if registry is not None else default_registry, max_args_bytes, None)
+    return CheckedSpec(**{name: getattr(spec, name) for name in _SPEC_FIELDS}, values=values)
 
 
 def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry | None = None,
@@ -190,7 +204,8 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
     rows: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         try:
-            rows.append(_resolve(spec, reg, max_args_bytes, now))
+            checked = spec.values if isinstance(spec, CheckedSpec) and now is None else None
+            rows.append(dict(checked) if checked else _resolve(spec, reg, max_args_bytes, now))
         except SkiplockError as exc:
             if len(specs) > 1:
                 exc.details["index"] = i

@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import db
 from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
-from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, check_spec, enqueue_many
+from .enqueue import MAX_ARGS_BYTES, CheckedSpec, Enqueued, JobSpec, check_spec, enqueue_many
 from .errors import (
     InvalidInput,
     JobNotFound,
@@ -186,16 +186,16 @@ class Operations:
             self.wakeups.touch({j.row["queue"] for j in stored if j.created})  # committed: wake workers
         return stored
 
-    async def check_submission(self, spec: JobSpec, *, json_args: bool = False) -> str:
+    async def check_submission(self, spec: JobSpec, *, json_args: bool = False) -> CheckedSpec:
         """Raise what `submit([spec])` would raise for its input (InvalidInput, UnknownTask...),
-        without storing anything: the checks that need no write. Returns the job's queue."""
+        without storing anything: the checks that need no write. Returns the spec with the
+        values to store, which `submit` then stores without checking them again."""
         registry = await self._registry_for([spec])
         t = registry.get(spec.task)
         if json_args:
             t.check_json_args(spec.args)
-        queue = check_queue(spec.queue or t.queue)
-        check_spec(spec, registry=registry, max_args_bytes=self.max_args_bytes)
-        return queue
+        check_queue(spec.queue or t.queue)
+        return check_spec(spec, registry=registry, max_args_bytes=self.max_args_bytes)
 
     async def _registry_for(self, specs: Sequence[JobSpec]) -> TaskRegistry:
         """This process's tasks, plus those of `specs` it does not import but its workers

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -34,6 +35,7 @@ class RequestMetrics:
         self.latency = Histogram("skiplock_http_request_duration_seconds",
                                  "Time from a request's arrival to the end of its answer, by method and route",
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,8 +55,13 @@ class RequestMetrics:
         finally:
             route = scope.get("route")
             name = route.path if isinstance(route, Route) else "unmatched"
-            self.requests.labels(scope["method"], name, str(status)).inc()
-            self.latency.labels(scope["method"], name).observe(time.perf_counter() - start)
+            key = (scope["method"], name, status)
+            children = self._children.get(key)
+            if children is None:  # labels() takes a lock and builds a key each time: once per series
+                children = self._children[key] = (self.requests.labels(key[0], name, str(status)),
+                                                  self.latency.labels(key[0], name))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 def count_submissions(state: ApiState) -> None:
