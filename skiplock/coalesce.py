@@ -103,7 +103,11 @@ class SubmitCoalescer(Service):
                 await self._arrived.wait()
                 # Requests already read are runnable now: let them reach the queue and join this
                 # group, instead of each waiting a round trip for the next one.
-                await asyncio.sleep(0)
+                for _ in range(4):
+                    before = len(self._queue)
+                    await asyncio.sleep(0)
+                    if len(self._queue) == before:
+                        break
             await self.run_once()
 
     async def _closed(self) -> None:
