@@ -45,7 +45,8 @@ CLAIM = ("UPDATE skiplock.jobs SET state = 'running', attempt = attempt + 1, wor
          "WHERE id = %(id)s")
 
 
-def claimed(url: str, *, ran: float = 0.3, due_before: float = 2.0, task: str = "echo", queue: str = "default") -> uuid.UUID:
+def claimed(url: str, *, ran: float = 0.3, due_before: float = 2.0, task: str = "echo",
+            queue: str = "default") -> uuid.UUID:
     """A job due `due_before` seconds ago, claimed (started) `ran` seconds ago."""
     with psycopg.connect(url) as c:
         job = insert_job(c, task=task, queue=queue, run_at=None)
@@ -179,29 +180,36 @@ def test_health_reports_the_live_workers_and_200_without_any(client: TestClient,
     assert (w["live"], w["slots"]) == (2, 6) and 5 <= w["oldest_heartbeat_seconds"] < 60
 
 
-@pytest.mark.parametrize("path", ["/jobs/{id}", "/health", "/metrics", "/queues"])
+@pytest.mark.parametrize("path", ["/jobs/{id}", "/health", "/metrics", "/queues", "POST /jobs"])
 def test_a_query_blocked_by_a_lock_answers_503_within_the_statement_timeout(db_url: str, path: str):
     """Another session holds a lock every query of the request needs: the request answers 503
     once the statement timeout passes, instead of waiting for the lock."""
     with psycopg.connect(db_url) as c:
         job = insert_job(c)
 
+    method, _, path = path.rpartition(" ")
+    body = {"task": "echo", "args": {"message": "x"}} if method == "POST" else None
+    ok = 201 if method == "POST" else 200
+
     async def main() -> None:
         application = create_app(Settings(database_url=db_url, statement_timeout=0.5))
         async with application.router.lifespan_context(application):
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-                assert (await http.get(path.format(id=job))).status_code == 200
+                def request() -> Any:
+                    return http.request(method or "GET", path.format(id=job), json=body)
+
+                assert (await request()).status_code == ok
                 with psycopg.connect(db_url) as locker:
                     locker.execute("LOCK TABLE skiplock.jobs, skiplock.workers, public.alembic_version "
                                    "IN ACCESS EXCLUSIVE MODE")
                     start = time.monotonic()
-                    r = await asyncio.wait_for(http.get(path.format(id=job)), 10)
+                    r = await asyncio.wait_for(request(), 10)
                     took = time.monotonic() - start
                     locker.rollback()
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "database_unavailable"
                 assert took < 5
-                assert (await http.get(path.format(id=job))).status_code == 200  # the lock gone, served again
+                assert (await request()).status_code == ok  # the lock gone, served again
 
     asyncio.run(main())
