@@ -50,6 +50,9 @@ class Settings(BaseSettings):
                                 description="Longest wait for the next part of a request body (seconds)")
     keep_alive_timeout: int = Field(default=5, ge=1, le=3600,
                                     description="An idle keep-alive connection is closed after this (seconds)")
+    statement_timeout: float = Field(default=5.0, gt=0, le=3600,
+                                     description="API: longest one query may run (seconds), lock waits included; "
+                                                 "beyond it the request answers 503")
     log_level: str = "INFO"
 
     @field_validator("log_level")

@@ -137,7 +137,8 @@ def schema_insert_batch(url: str, n: int, batch: int = 10_000) -> float:
     none = [None] * batch
     cols = {"tasks": ["noop"] * batch, "args": ["{}"] * batch, "queues": ["default"] * batch,
             "priorities": [1] * batch, "run_ats": none, "max_attempts": [3] * batch, "timeouts": none,
-            "idempotency_keys": none, "batch_ids": none, "correlation_id": None, "defer_notify": False}
+            "idempotency_keys": none, "batch_ids": none, "correlation_ids": none, "correlation_id": None,
+            "defer_notify": False}
     params = [{**cols, "ids": [uuid7() for _ in range(batch)]} for _ in range(n // batch)]
     return _timed_statements(url, "insert_jobs", params, batch)
 

@@ -15,7 +15,8 @@ AsyncConn = psycopg.AsyncConnection[Any]
 
 
 def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "skiplock",
-              timeout: float = 30.0, check: bool | Literal["passive"] = True) -> AsyncConnectionPool:
+              timeout: float = 30.0, check: bool | Literal["passive"] = True,
+              statement_timeout: float | None = None) -> AsyncConnectionPool:
     """An unopened pool (open it with `await pool.open()`). `timeout` bounds the wait for a
     connection (PoolTimeout after it). reconnect_timeout=0: no background retry loop while the
     database is away; the next caller's request makes a new attempt.
@@ -28,15 +29,20 @@ def make_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "s
       checked then, and a dead one is replaced at once, without back-off: a restart costs no
       request that arrives after the database is back, and the hot path only a poll().
     - False: nothing, for callers that retry every query anyway (the worker).
+
+    `statement_timeout` (seconds) bounds every statement on these connections, waits for locks
+    included: the server cancels it past the bound (psycopg.errors.QueryCanceled). It is sent
+    as a startup option of each connection, so it costs no round trip.
     """
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": max(2, int(timeout))}
+    if statement_timeout is not None:
+        kwargs["options"] = f"-c statement_timeout={max(1, round(statement_timeout * 1000))}"
     if check == "passive":
         return PassivePool(url, min_size=min_size, max_size=max_size, open=False, name=name, check=None,
-                           timeout=timeout, kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
-                           reconnect_timeout=0)
+                           timeout=timeout, kwargs=kwargs, reconnect_timeout=0)
     return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, name=name,
                                check=AsyncConnectionPool.check_connection if check else None, timeout=timeout,
-                               kwargs={"autocommit": True, "connect_timeout": max(2, int(timeout))},
-                               reconnect_timeout=0)
+                               kwargs=kwargs, reconnect_timeout=0)
 
 
 class PassivePool(AsyncConnectionPool):

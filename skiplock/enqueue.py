@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import uuid
@@ -145,6 +146,25 @@ def _conflict(index: int | None, key: str, row: dict[str, Any], batch_index: int
                                field="idempotency_key", details=details)
 
 
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
+
+
+@dataclass
+class CheckedSpec(JobSpec):
+    """A JobSpec that `check_spec` accepted, carrying the values to insert (its id included),
+    so that `enqueue_many` stores them without checking the spec again."""
+
+    values: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def check_spec(spec: JobSpec, *, registry: TaskRegistry | None = None,
+               max_args_bytes: int = MAX_ARGS_BYTES) -> CheckedSpec:
+    """`spec` checked as `enqueue_many` checks it before storing (InvalidInput naming the
+    field), with the values it resolves to (a `delay` counts from now)."""
+    values = _resolve(spec, registry if registry is not None else default_registry, max_args_bytes, None)
+    return CheckedSpec(**{name: getattr(spec, name) for name in _SPEC_FIELDS}, values=values)
+
+
 def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry | None = None,
                  max_args_bytes: int = MAX_ARGS_BYTES) -> None:
     """Raise IdempotencyConflict unless `row`, stored under `spec`'s idempotency key, is the
@@ -158,7 +178,8 @@ def check_repeat(spec: JobSpec, row: dict[str, Any], *, registry: TaskRegistry |
 async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry: TaskRegistry | None = None,
                        max_args_bytes: int = MAX_ARGS_BYTES, correlation_id: str | None = None,
                        now: datetime | None = None, defer_notify: bool = False,
-                       limits: QueueLimits | None = None) -> list[Enqueued]:
+                       limits: QueueLimits | None = None,
+                       correlation_ids: Sequence[str | None] | None = None) -> list[Enqueued]:
     """Submit many jobs in one transaction: all are stored or none. A bad item raises
     InvalidInput with `details["index"]` naming it.
 
@@ -175,12 +196,16 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
 
     `defer_notify=True` stores the jobs without waking sleeping workers: the caller promises
     to wake them after its transaction commits (skiplock.wakeup.Wakeups does). Use it only
-    when many transactions submit at once; see skiplock/wakeup.py."""
+    when many transactions submit at once; see skiplock/wakeup.py.
+
+    `correlation_ids`, one per spec (None: `correlation_id`), gives each job its own: jobs
+    of many requests stored together (skiplock/coalesce.py)."""
     reg = registry if registry is not None else default_registry
     rows: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         try:
-            rows.append(_resolve(spec, reg, max_args_bytes, now))
+            checked = spec.values if isinstance(spec, CheckedSpec) and now is None else None
+            rows.append(dict(checked) if checked else _resolve(spec, reg, max_args_bytes, now))
         except SkiplockError as exc:
             if len(specs) > 1:
                 exc.details["index"] = i
@@ -190,6 +215,11 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
     if not rows:
         return []
     cid = correlation_id[:200] if correlation_id else None
+    if correlation_ids is not None:
+        if len(correlation_ids) != len(rows):
+            raise ValueError("enqueue_many: one correlation id per spec")
+        for r, own in zip(rows, correlation_ids, strict=True):
+            r["correlation_id"] = own[:200] if own else cid
     limits = limits if limits is not None else default_limits
     wanted = Counter(r["queue"] for r in rows)
     try:
@@ -258,7 +288,8 @@ def _check_repeats(reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[
 
 async def _insert_one(conn: db.AsyncConn, row: dict[str, Any], correlation_id: str | None,
                       defer_notify: bool) -> Enqueued:
-    params = dict(row, args=row["args_json"], correlation_id=correlation_id, defer_notify=defer_notify)
+    params = dict(row, args=row["args_json"], defer_notify=defer_notify)
+    params["correlation_id"] = row.get("correlation_id", correlation_id)
     inserted = await jobs.insert_job(conn, params)
     if inserted is not None:
         return Enqueued(inserted, True)
@@ -275,8 +306,9 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
         "args": cols["args_json"],
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
-        "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"]})
-    created = {r["id"] for r in inserted}
+        "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"],
+        "correlation_ids": cols.get("correlation_id", [None] * len(rows))})
+    created = {r["id"]: r for r in inserted}
     repeats = [r for r in rows if r["id"] not in created]
     # The jobs already holding the repeated keys (stored before, or by this very statement
     # for a key given twice), read in one statement.
@@ -286,9 +318,21 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
     out: list[Enqueued] = []
     for r in rows:
         if r["id"] in created:
-            row = dict(r, state="queued")
-            del row["args_json"]
-            out.append(Enqueued(row, True))
+            out.append(Enqueued(_fresh_row(r, created[r["id"]], correlation_id), True))
         else:
             out.append(Enqueued(holder[(r["queue"], r["idempotency_key"])], False))
     return out
+
+
+def _fresh_row(resolved: dict[str, Any], inserted: dict[str, Any], correlation_id: str | None) -> dict[str, Any]:
+    """The row of a job just inserted, as `SELECT *` would read it: the values sent, what the
+    insert returned (state, run_at, created_at), and the columns' defaults for a new job."""
+    row = {k: v for k, v in resolved.items() if k != "args_json"}
+    row.setdefault("correlation_id", correlation_id)
+    row.update(inserted)
+    for name in ("result", "last_error", "progress", "checkpoint", "worker_id", "lease_expires_at", "started_at",
+                 "finished_at"):
+        row.setdefault(name, None)
+    row.setdefault("attempt", 0)
+    row.setdefault("attempt_base", 0)
+    return row

@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 from . import db, insight
 from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
-from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, enqueue_many
+from .enqueue import MAX_ARGS_BYTES, CheckedSpec, Enqueued, JobSpec, check_spec, enqueue_many
 from .errors import (
     InvalidInput,
     JobNotFound,
@@ -147,7 +147,7 @@ class Operations:
 
     # -- submission ---------------------------------------------------------------------------
     async def submit(self, specs: Sequence[JobSpec], *, correlation_id: str | None = None,
-                     json_args: bool = False) -> list[Enqueued]:
+                     json_args: bool = False, correlation_ids: Sequence[str | None] | None = None) -> list[Enqueued]:
         """Submit jobs from outside the caller's transaction (HTTP, CLI, your code): all or
         none. Queue limits (`max_waiting`) hold exactly (QueueFull beyond them); a repeated
         idempotency key gets its job back, or IdempotencyConflict for a different job, even
@@ -155,6 +155,8 @@ class Operations:
         strictly as JSON (`"7"` is not a number). With more than one spec, an error names the
         job's position in `details["index"]`. Workers are woken after the commit when this
         object has Wakeups (the HTTP API), else by the insert itself.
+
+        `correlation_ids` (one per spec) gives each job its own correlation id instead.
 
         Inside your own transaction, use `skiplock.enqueue` / `enqueue_many` (the same rules)."""
         registry = await self._registry_for(specs)
@@ -172,7 +174,8 @@ class Operations:
         async with self._conn() as conn:
             try:
                 stored = await enqueue_many(conn, specs, registry=registry, max_args_bytes=self.max_args_bytes,
-                                            correlation_id=correlation_id, defer_notify=deferred, limits=self.limits)
+                                            correlation_id=correlation_id, defer_notify=deferred, limits=self.limits,
+                                            correlation_ids=correlation_ids)
             except QueueFull:
                 raise
             except SkiplockError as exc:
@@ -182,6 +185,17 @@ class Operations:
         if self.wakeups is not None:
             self.wakeups.touch({j.row["queue"] for j in stored if j.created})  # committed: wake workers
         return stored
+
+    async def check_submission(self, spec: JobSpec, *, json_args: bool = False) -> CheckedSpec:
+        """Raise what `submit([spec])` would raise for its input (InvalidInput, UnknownTask...),
+        without storing anything: the checks that need no write. Returns the spec with the
+        values to store, which `submit` then stores without checking them again."""
+        registry = await self._registry_for([spec])
+        t = registry.get(spec.task)
+        if json_args:
+            t.check_json_args(spec.args)
+        check_queue(spec.queue or t.queue)
+        return check_spec(spec, registry=registry, max_args_bytes=self.max_args_bytes)
 
     async def _registry_for(self, specs: Sequence[JobSpec]) -> TaskRegistry:
         """This process's tasks, plus those of `specs` it does not import but its workers

@@ -26,12 +26,16 @@ RETURNING *;
 
 -- name: insert_jobs
 -- Many jobs in one statement (all or none); returns the ids actually inserted (conflicts are
--- skipped). Wakeup as in insert_job: one NOTIFY per queue with a job due now.
+-- skipped). Wakeup as in insert_job: one NOTIFY per queue with a job due now. Each job carries
+-- its own correlation id when `correlation_ids` gives one (jobs of many requests stored
+-- together), else the statement's.
 WITH i AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
                          %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
-                         %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[])
-           AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id)
+                         %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[],
+                         %(correlation_ids)b::text[])
+           AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id,
+                correlation_id)
 ), tag AS (
     SELECT set_config('skiplock.notify', 'deferred', true),
            (SELECT count(pg_notify('skiplock_jobs', d.queue))
@@ -41,10 +45,10 @@ WITH i AS (
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
                            idempotency_key, batch_id, correlation_id)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
-       i.timeout, i.idempotency_key, i.batch_id, %(correlation_id)s::text
+       i.timeout, i.idempotency_key, i.batch_id, coalesce(i.correlation_id, %(correlation_id)s::text)
   FROM i, tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id;
+RETURNING id, state, run_at, created_at;
 
 -- name: wake_queues
 -- Wake workers sleeping on these queues; sent after the jobs' commit by a submitter that

@@ -17,11 +17,12 @@ from app import dashboard
 from app.settings import Settings
 from app.tokens import RateLimiter
 from skiplock import db
+from skiplock.coalesce import SubmitCoalescer
 from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
 from skiplock.wakeup import Wakeups
 
-from . import access, jobs, queues, schedules, system
+from . import access, jobs, metrics, queues, schedules, system
 from .auth import Guard
 from .context import ApiState
 from .errors import HANDLERS
@@ -37,7 +38,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     if not settings.database_url:
         raise ValueError("create_app: settings.database_url is required")
     pool = db.make_pool(settings.database_url, min_size=1, max_size=pool_size, name="skiplock-api",
-                        timeout=pool_timeout, check="passive")
+                        timeout=pool_timeout, check="passive", statement_timeout=settings.statement_timeout)
     wakeups = Wakeups(settings.database_url)
     state = ApiState(pool=pool, settings=settings, registry=registry if registry is not None else default_registry,
                      wakeups=wakeups)
@@ -46,9 +47,13 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await pool.open(wait=False)  # start even while the database is away; requests answer 503
         wakeups.start()
+        state.submitter = SubmitCoalescer(state.ops)
+        state.submitter.start()
         try:
             yield
         finally:
+            await state.submitter.stop()  # stores what was submitted, then submissions go alone
+            state.submitter = None
             await wakeups.stop()
             await pool.close()
 
@@ -69,6 +74,7 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/schedules/{name}/resume", schedules.resume, methods=["POST"]),
         Route("/tasks", system.tasks, methods=["GET"]),
         Route("/health", system.health, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/openapi.json", system.openapi, methods=["GET"]),
         *dashboard.routes(),
     ]
@@ -76,7 +82,9 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
     guard = Middleware(Guard, tokens=settings.tokens, max_body_bytes=settings.max_body_bytes,
                        allowed_hosts=access.allowed_hosts(settings), body_timeout=settings.body_timeout,
                        limiter=limiter)
-    app = Starlette(routes=with_405(routes), lifespan=lifespan, middleware=[guard],
+    counted = Middleware(metrics.RequestMetrics, registry=state.metrics_registry)  # outermost: refusals count too
+    metrics.count_submissions(state)
+    app = Starlette(routes=with_405(routes), lifespan=lifespan, middleware=[counted, guard],
                     exception_handlers={**HANDLERS, BodyTimeout: body_timeout, ClientDisconnect: client_gone})
     app.state.api = state
     app.state.dashboard = dashboard.state(settings, limiter)

@@ -121,10 +121,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRICT = json.JSONDecoder(parse_constant=_no_constants, object_pairs_hook=_unique_pairs)
+"""One decoder for every body (json.loads with options builds a new one per call)."""
+
+
 def parse_strict(raw: bytes) -> Any:
     """The body as JSON, or InvalidInput naming what is refused and where."""
     try:
-        data = json.loads(raw, parse_constant=_no_constants, object_pairs_hook=_unique_pairs)
+        # what json.loads does with bytes: UTF-8, -16 or -32 by the first bytes
+        data = _STRICT.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise _too_deep() from None
     except _DuplicateKey:

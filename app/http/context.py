@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import psycopg
+from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.requests import Request
 
 from app.settings import Settings
 from skiplock import db
+from skiplock.coalesce import SubmitCoalescer
+from skiplock.enqueue import Enqueued, JobSpec
 from skiplock.errors import InvalidInput
+from skiplock.metrics import JobMetrics
 from skiplock.ops import Operations
 from skiplock.tasks import TaskRegistry
 from skiplock.wakeup import Wakeups
@@ -29,12 +33,24 @@ class ApiState:
     wakeups: Wakeups
     outage: bool = False
     ops: Operations = field(init=False)
+    job_metrics: JobMetrics = field(init=False)
+    submitter: SubmitCoalescer | None = None  # POST /jobs in groups; started by the lifespan
+    metrics_registry: CollectorRegistry = field(default_factory=CollectorRegistry)  # this process's requests
 
     def __post_init__(self) -> None:
         # Operations over this state's connections (an outage is tracked and answered 503),
         # waking workers after each submission commits.
         self.ops = Operations(lambda: self.connection(), pool=self.pool, registry=self.registry,
                               max_args_bytes=self.settings.max_args_bytes, wakeups=self.wakeups)
+        self.job_metrics = JobMetrics(lambda: self.connection(), live_seconds=self.settings.lease_seconds)
+
+    async def submit_one(self, spec: JobSpec, *, correlation_id: str | None) -> Enqueued:
+        """One job from a request, stored with those of the requests that arrive meanwhile
+        (skiplock/coalesce.py); alone before the lifespan has started the coalescer."""
+        if self.submitter is not None:
+            return await self.submitter.submit(spec, correlation_id=correlation_id, json_args=True)
+        [job] = await self.ops.submit([spec], correlation_id=correlation_id, json_args=True)
+        return job
 
     @contextlib.asynccontextmanager
     async def connection(self, wait: float | None = None) -> AsyncIterator[db.AsyncConn]:

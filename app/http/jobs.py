@@ -43,7 +43,7 @@ async def submit(request: Request) -> Response:
         raise InvalidInput("the Idempotency-Key header and the idempotency_key field differ",
                            field="idempotency_key")
     key = header_key if header_key is not None else body.idempotency_key
-    [job] = await state.ops.submit([_spec(body, key)], correlation_id=request_id(request), json_args=True)
+    job = await state.submit_one(_spec(body, key), correlation_id=request_id(request))
     out = JobOut.from_row(job.row)
     return _json(out, 201 if job.created else 200, {"Location": f"/jobs/{out.id}"})
 

@@ -142,8 +142,12 @@ ROUTES: list[Op] = [
     Op("post", "/schedules/{name}/resume", "Resume a schedule; ticks missed while paused get no job",
        {200: (s.ScheduleOut, "Resumed")}, [401, 404, 422, 503], params=[SCHEDULE]),
     Op("get", "/tasks", "Registered tasks and their argument JSON schema", {200: (s.TaskList, "Tasks")}, [401]),
-    Op("get", "/health", "200 when the database answers at the expected schema revision",
+    Op("get", "/health", "200 when the database answers at the expected schema revision, with the live workers "
+       "(none live is still 200); 503 when the database does not answer in time or is at another revision",
        {200: (s.Health, "Healthy")}, [503]),
+    Op("get", "/metrics", "Prometheus text format (text/plain): queue depth, workers and job counters read from the "
+       "database, and this process's request counts", {200: (None, "Metrics in Prometheus text format")},
+       [401, 503]),
 ]
 OPEN = {"/health"}  # no token needed
 

@@ -219,10 +219,18 @@ class TaskList(BaseModel):
     tasks: list[TaskOut]
 
 
+class WorkersHealth(BaseModel):
+    live: int = Field(description="Workers whose heartbeat is within one lease (SKIPLOCK_LEASE_SECONDS)")
+    slots: int = Field(description="Jobs the live workers may run at once")
+    oldest_heartbeat_seconds: float | None = Field(description="Age of the oldest live worker's last heartbeat; "
+                                                               "null when none is live")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
     schema_revision: str
+    workers: WorkersHealth
 
 
 class ErrorDetail(BaseModel):

@@ -32,7 +32,7 @@ async def insert_job(conn: AsyncConn, row: Mapping[str, Any]) -> dict[str, Any] 
 
 
 async def insert_jobs(conn: AsyncConn, columns: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Many jobs, one array per column; the ids actually inserted."""
+    """Many jobs, one array per column; the jobs actually inserted (id, state, run_at, created_at)."""
     return await fetch_all(conn, "insert_jobs", dict(columns))
 
 
