@@ -337,7 +337,7 @@ BEGIN
   IF NEW.id = ANY (NEW.depends_on) THEN
     RAISE EXCEPTION 'skiplock: job % depends on itself', NEW.id
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_cycle',
-            DETAIL = json_build_object('job_id', NEW.id)::text;
+            DETAIL = json_build_object('job_id', NEW.id, 'dependent_id', NEW.id)::text;
   END IF;
   PERFORM 1 FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) ORDER BY x.id FOR NO KEY UPDATE;
   SELECT d INTO missing FROM unnest(NEW.depends_on) AS d
@@ -345,7 +345,7 @@ BEGIN
   IF FOUND THEN
     RAISE EXCEPTION 'skiplock: job % depends on %, which is not a job', NEW.id, missing
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_known',
-            DETAIL = json_build_object('job_id', missing)::text;
+            DETAIL = json_build_object('job_id', missing, 'dependent_id', NEW.id)::text;
   END IF;
   SELECT x.id, x.state INTO ended FROM skiplock.jobs x
    WHERE x.id = ANY (NEW.depends_on) AND x.state IN ('failed', 'cancelled') ORDER BY x.id LIMIT 1;
@@ -353,7 +353,7 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
       RAISE EXCEPTION 'skiplock: job % depends on job %, which is %', NEW.id, ended.id, ended.state
         USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_ended',
-              DETAIL = json_build_object('job_id', ended.id, 'state', ended.state)::text;
+              DETAIL = json_build_object('job_id', ended.id, 'state', ended.state, 'dependent_id', NEW.id)::text;
     END IF;
     RAISE EXCEPTION 'skiplock: job % depends on job %, which is %; retry that one first', NEW.id, ended.id, ended.state
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition',
@@ -370,7 +370,7 @@ BEGIN
   IF FOUND THEN
     RAISE EXCEPTION 'skiplock: job % and job % wait for each other (a dependency cycle)', NEW.id, loop_via
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_cycle',
-            DETAIL = json_build_object('job_id', loop_via)::text;
+            DETAIL = json_build_object('job_id', loop_via, 'dependent_id', NEW.id)::text;
   END IF;
   UPDATE skiplock.jobs x SET has_dependents = true
    WHERE x.id = ANY (NEW.depends_on) AND x.state <> 'succeeded' AND NOT x.has_dependents;

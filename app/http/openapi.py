@@ -117,7 +117,7 @@ ROUTES: list[Op] = [
                q("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"})]),
     Op("get", "/jobs/{job_id}", "A job and its history", {200: (s.JobDetail, "The job")}, [401, 404, 422, 503],
        params=[JOB_ID]),
-    Op("post", "/jobs/{job_id}/cancel", "Cancel a queued or running job", {200: (s.JobOut, "Cancelled")},
+    Op("post", "/jobs/{job_id}/cancel", "Cancel a waiting, queued or running job", {200: (s.JobOut, "Cancelled")},
        [401, 404, 409, 422, 503], params=[JOB_ID]),
     Op("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue",
        {200: (s.JobOut, "Queued again")}, [401, 404, 409, 422, 503], params=[JOB_ID]),

@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from skiplock.job import PRIORITY_NAMES
 
 Priority = Literal["high", "normal", "low"]
-StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StateName = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
 NO_NUL = r"^[^\x00]*$"
@@ -62,6 +62,7 @@ UuidText = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)
 # schema keeps the bounds as minimum and maximum).
 Attempts = Annotated[int, Field(strict=False, ge=1, le=1000), BeforeValidator(_json_number)]
 WaitingLimit = Annotated[int, Field(strict=False, ge=1, le=1_000_000_000), BeforeValidator(_json_number)]
+JobIndex = Annotated[int, Field(ge=0, le=100_000, description="The index of another job of the same request")]
 
 
 class JobIn(Strict):
@@ -78,6 +79,11 @@ class JobIn(Strict):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
                                         description="Same as the Idempotency-Key header")
     batch_id: UuidText | None = None
+    depends_on: list[UuidText | JobIndex] | None = Field(
+        default=None, max_length=1000,
+        description="Jobs to wait for: ids of stored jobs, or (in /jobs/bulk) indexes of jobs of the same "
+                    "request. The job stays `waiting` until all have succeeded; it is cancelled if one fails "
+                    "or is cancelled. An unknown, failed or cancelled job, or a cycle, is refused (422)")
 
     @field_validator("run_at")
     @classmethod
@@ -117,6 +123,7 @@ class JobOut(BaseModel):
     timeout: float | None
     idempotency_key: str | None
     batch_id: uuid.UUID | None
+    depends_on: list[uuid.UUID] | None = Field(default=None, description="The jobs it waits (or waited) for")
     result: Any = None
     last_error: str | None
     progress: dict[str, Any] | None
@@ -153,6 +160,7 @@ class QueueOut(BaseModel):
     paused: bool
     ready: int
     scheduled: int
+    waiting: int = Field(description="Jobs waiting for their dependencies")
     running: int
     succeeded: int
     failed: int
