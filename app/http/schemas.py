@@ -62,7 +62,24 @@ UuidText = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)
 # schema keeps the bounds as minimum and maximum).
 Attempts = Annotated[int, Field(strict=False, ge=1, le=1000), BeforeValidator(_json_number)]
 WaitingLimit = Annotated[int, Field(strict=False, ge=1, le=1_000_000_000), BeforeValidator(_json_number)]
-JobIndex = Annotated[int, Field(ge=0, le=100_000, description="The index of another job of the same request")]
+MAX_JOB_INDEX = 100_000
+
+
+def _dependency(v: Any) -> Any:
+    """A job id (UUID text) or the index of a job of the same request (a JSON integer)."""
+    if isinstance(v, str):
+        try:
+            return uuid.UUID(v)
+        except ValueError:
+            raise ValueError("must be a job id (a UUID string) or the index of a job of this request") from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or not 0 <= v <= MAX_JOB_INDEX:
+        raise ValueError(f"must be a job id (a UUID string) or the index of a job of this request "
+                         f"(an integer from 0 to {MAX_JOB_INDEX})")
+    return int(v)
+
+
+Dependency = Annotated[Annotated[uuid.UUID, Field(strict=False)] | Annotated[int, Field(ge=0, le=MAX_JOB_INDEX)],
+                       BeforeValidator(_dependency)]
 
 
 class JobIn(Strict):
@@ -79,7 +96,7 @@ class JobIn(Strict):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
                                         description="Same as the Idempotency-Key header")
     batch_id: UuidText | None = None
-    depends_on: list[UuidText | JobIndex] | None = Field(
+    depends_on: list[Dependency] | None = Field(
         default=None, max_length=1000,
         description="Jobs to wait for: ids of stored jobs, or (in /jobs/bulk) indexes of jobs of the same "
                     "request. The job stays `waiting` until all have succeeded; it is cancelled if one fails "
