@@ -323,6 +323,8 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
 async def _current_states(conn: db.AsyncConn, stored: list[Enqueued], rows: list[dict[str, Any]]) -> list[Enqueued]:
     """A job with dependencies is inserted waiting and queued by the same statement when they
     have all succeeded already: read the state it has now."""
+    if all(r["depends_on"] is None for r in rows):
+        return stored
     linked = [j for j, r in zip(stored, rows, strict=True) if j.created and r["depends_on"] is not None]
     if linked:
         states = await jobs.job_states(conn, [j.id for j in linked])

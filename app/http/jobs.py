@@ -96,6 +96,6 @@ async def cancel(request: Request) -> Response:
 
 
 async def retry(request: Request) -> Response:
-    """POST /jobs/{id}/retry: failed or cancelled → queued with fresh attempts; 409 otherwise."""
+    """POST /jobs/{id}/retry: failed or cancelled → queued (or waiting) with fresh attempts; 409 otherwise."""
     job = await api(request).ops.retry(request.path_params["job_id"], correlation_id=request_id(request))
     return _json(JobOut.from_row(job))

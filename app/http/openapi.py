@@ -119,8 +119,9 @@ ROUTES: list[Op] = [
        params=[JOB_ID]),
     Op("post", "/jobs/{job_id}/cancel", "Cancel a waiting, queued or running job", {200: (s.JobOut, "Cancelled")},
        [401, 404, 409, 422, 503], params=[JOB_ID]),
-    Op("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue",
-       {200: (s.JobOut, "Queued again")}, [401, 404, 409, 422, 503], params=[JOB_ID]),
+    Op("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue (or waiting again, "
+       "for a job whose dependencies have not all succeeded; 409 while one is failed or cancelled)",
+       {200: (s.JobOut, "Queued (or waiting) again")}, [401, 404, 409, 422, 503], params=[JOB_ID]),
     Op("get", "/queues", "Queues in name order: counts by state, throughput, oldest waiting age",
        {200: (s.QueuePage, "A page of queues")}, [401, 422, 503],
        params=[q("limit", "Page size (default 100)", {"type": "integer", "minimum": 1, "maximum": 500}),

@@ -109,9 +109,13 @@ BEGIN
   PERFORM 1 FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) ORDER BY x.id FOR NO KEY UPDATE;
   SELECT d INTO missing FROM unnest(NEW.depends_on) AS d
    WHERE NOT EXISTS (SELECT 1 FROM skiplock.jobs x WHERE x.id = d) ORDER BY d LIMIT 1;
-  IF FOUND THEN
+  IF FOUND AND TG_OP = 'INSERT' THEN
     RAISE EXCEPTION 'skiplock: job % depends on %, which is not a job', NEW.id, missing
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_known',
+            DETAIL = json_build_object('job_id', missing, 'dependent_id', NEW.id)::text;
+  ELSIF FOUND THEN  -- pruned or deleted since: whether it succeeded is not known any more
+    RAISE EXCEPTION 'skiplock: job % depends on %, which no longer exists; submit it again', NEW.id, missing
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition',
             DETAIL = json_build_object('job_id', missing, 'dependent_id', NEW.id)::text;
   END IF;
   SELECT x.id, x.state INTO ended FROM skiplock.jobs x
