@@ -317,3 +317,32 @@ def test_psql_cannot_make_a_forbidden_transition_or_row(db_url, statement):
         with pytest.raises(psycopg.errors.CheckViolation):
             c.execute(statement, {"waiting": waiting, "queued": queued})
         assert c.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (waiting,)).fetchone() == ("waiting",)
+
+
+# -- cost: only jobs with dependencies or dependents run a trigger function -----------------------
+def test_a_plain_job_runs_no_trigger_function_and_a_dependent_one_runs_the_dependency_triggers(db_url):
+    from skiplock.queries.loader import q
+
+    def functions_called(c: psycopg.Connection[Any], depends: bool) -> dict[str, int]:
+        with c.transaction():
+            c.execute("SET LOCAL track_functions = 'pl'")
+            a = c.execute("SELECT skiplock.uuid_v7()").fetchone()[0]  # type: ignore[index]
+            params = {"task": "echo", "args": "{}", "queue": "default", "priority": 1, "run_at": None,
+                      "max_attempts": 3, "timeout": None, "idempotency_key": None, "batch_id": None,
+                      "correlation_id": None, "defer_notify": False}
+            c.execute(q("insert_job"), {**params, "id": a, "depends_on": None})
+            if depends:
+                c.execute(q("insert_job"), {**params, "id": uuid.uuid4(), "depends_on": [a]})
+            [claimed] = c.execute(q("claim_batch"), {"worker_id": "w", "queues": None, "limit": 1,
+                                                     "lease_seconds": 30, "now": None}).fetchall()
+            c.execute(q("finish_many_if_held"), {
+                "worker_id": "w", "ids": [claimed[0]], "attempts": [claimed[5]], "states": ["succeeded"],
+                "results": None, "errors": None, "run_ats": None, "checkpoints": None, "progresses": None,
+                "now": None}).fetchall()
+            return dict(c.execute("SELECT funcname, calls FROM pg_stat_xact_user_functions "
+                                  "WHERE schemaname = 'skiplock'").fetchall())
+
+    with psycopg.connect(db_url) as c:
+        assert functions_called(c, depends=False) == {}
+        called = functions_called(c, depends=True)
+    assert called.keys() >= {"jobs_submit_waiting_v1", "jobs_link_dependencies_v1", "jobs_release_dependents_v1"}
