@@ -50,7 +50,8 @@ class JobSpec:
     depends_on: Sequence[Dependency] | None = None
     """Jobs this one waits for: it stays `waiting` (not claimable) until every one of them has
     succeeded, and is cancelled if one fails for good or is cancelled. Ids of stored jobs (an
-    unknown, failed or cancelled one is refused), or indexes of other jobs of the same call."""
+    unknown, failed or cancelled one is refused), or indexes of other jobs of the same call. A
+    repeated idempotency key finds its stored job whatever this list says."""
 
 
 @dataclass
