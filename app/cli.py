@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--delay", type=float, help="seconds from now")
     e.add_argument("--max-attempts", type=int)
     e.add_argument("--idempotency-key")
+    e.add_argument("--depends-on", action="append", default=None, metavar="ID",
+                   help="a job to wait for (its id); repeat it or give ids separated by commas")
     sub.add_parser("status", help="queues and job counts by state")
     for name in ("retry", "cancel", "show"):
         c = sub.add_parser(name, help=f"{name} one job")
@@ -185,7 +187,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"--args is not valid JSON: {exc}", field="args") from None
     spec = JobSpec(args.task, job_args, queue=args.queue, priority=args.priority, delay=args.delay,
-                   max_attempts=args.max_attempts, idempotency_key=args.idempotency_key)
+                   max_attempts=args.max_attempts, idempotency_key=args.idempotency_key,
+                   depends_on=[d.strip() for ids in args.depends_on for d in ids.split(",") if d.strip()]
+                   if args.depends_on else None)
     [job] = _ops(settings, lambda ops: ops.submit([spec], json_args=True),
                  max_args_bytes=settings.max_args_bytes)
     _print({"id": str(job.id), "created": job.created, "state": job.row.get("state")})
@@ -202,7 +206,7 @@ def _ops(settings: Settings, fn: Callable[[Operations], Awaitable[Any]], **kw: A
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     rows = _ops(settings, lambda ops: ops.queue_stats())
-    cols = ["queue", "paused", "ready", "scheduled", "running", "succeeded", "failed", "cancelled",
+    cols = ["queue", "paused", "ready", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled",
             "oldest_ready_seconds"]
     print("  ".join(f"{c:>10}" for c in cols))
     for r in rows:

@@ -125,7 +125,7 @@ def schema_insert_one(url: str, n: int) -> float:
     from skiplock.job import uuid7
 
     base = {"task": "noop", "args": "{}", "queue": "default", "priority": 1, "run_at": None, "max_attempts": 3,
-            "timeout": None, "idempotency_key": None, "batch_id": None, "correlation_id": None,
+            "timeout": None, "idempotency_key": None, "batch_id": None, "depends_on": None, "correlation_id": None,
             "defer_notify": False}
     return _timed_statements(url, "insert_job", [{**base, "id": uuid7()} for _ in range(n)], 1)
 
@@ -137,7 +137,8 @@ def schema_insert_batch(url: str, n: int, batch: int = 10_000) -> float:
     none = [None] * batch
     cols = {"tasks": ["noop"] * batch, "args": ["{}"] * batch, "queues": ["default"] * batch,
             "priorities": [1] * batch, "run_ats": none, "max_attempts": [3] * batch, "timeouts": none,
-            "idempotency_keys": none, "batch_ids": none, "correlation_ids": none, "correlation_id": None,
+            "idempotency_keys": none, "batch_ids": none, "correlation_ids": none, "depends_on": none,
+            "correlation_id": None,
             "defer_notify": False}
     params = [{**cols, "ids": [uuid7() for _ in range(batch)]} for _ in range(n // batch)]
     return _timed_statements(url, "insert_jobs", params, batch)
@@ -186,7 +187,7 @@ def claim_isolation(url: str, backlog: int, rounds: int = 200) -> dict[str, floa
 
     claim, ack = q("claim_batch"), q("finish_many_if_held")
     base = {"task": "noop", "args": "{}", "queue": "urgent", "priority": 1, "run_at": None, "max_attempts": 3,
-            "timeout": None, "idempotency_key": None, "batch_id": None, "correlation_id": None,
+            "timeout": None, "idempotency_key": None, "batch_id": None, "depends_on": None, "correlation_id": None,
             "defer_notify": True}
 
     def rounds_ms(c: psycopg.Connection[Any], queues: list[str] | None) -> float:

@@ -14,7 +14,8 @@ Each caller still gets its own answer, as if it had submitted alone:
   alone, and a queue's `max_waiting` holds exactly;
 - two submissions with one idempotency key make one job: the first is created, the other
   gets it back (or 409 when it asks for a different job);
-- a database outage (or a statement timeout) fails the whole group at once with that error.
+- a database outage (or a statement timeout) fails the whole group at once with that error;
+- a job with dependencies is not grouped: it is stored alone.
 A caller that goes away (its task cancelled) before its group forms is left out of it.
 """
 
@@ -73,7 +74,9 @@ class SubmitCoalescer(Service):
     async def submit(self, spec: JobSpec, *, correlation_id: str | None = None, json_args: bool = False) -> Enqueued:
         """Store one job (what `Operations.submit([spec])` does, answered the same way)."""
         checked = await self.ops.check_submission(spec, json_args=json_args)
-        if self._task is None or self.stopping:
+        # A job with dependencies is stored alone: the database checks that they exist, and
+        # one unknown id must fail its own submission, not a group's statement.
+        if self._task is None or self.stopping or spec.depends_on:
             [job] = await self.ops.submit([checked], correlation_id=correlation_id)
             return job
         answer: asyncio.Future[Enqueued] = asyncio.get_running_loop().create_future()

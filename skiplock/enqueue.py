@@ -26,6 +26,13 @@ from .tasks import registry as default_registry
 MAX_ARGS_BYTES = 256 * 1024
 """Default bound on one job's JSON arguments; larger payloads belong in your own storage."""
 
+MAX_DEPENDENCIES = 1000
+"""Most jobs one job may wait for (the database's jobs_depends_on_size says the same)."""
+
+Dependency = uuid.UUID | str | int
+"""A job to wait for: its id (a UUID or its text), or the index of another job of the same
+enqueue_many call."""
+
 
 @dataclass
 class JobSpec:
@@ -41,6 +48,11 @@ class JobSpec:
     timeout: float | None = None
     idempotency_key: str | None = None
     batch_id: uuid.UUID | None = None
+    depends_on: Sequence[Dependency] | None = None
+    """Jobs this one waits for: it stays `waiting` (not claimable) until every one of them has
+    succeeded, and is cancelled if one fails for good or is cancelled. Ids of stored jobs (an
+    unknown, failed or cancelled one is refused), or indexes of other jobs of the same call. A
+    repeated idempotency key finds its stored job whatever this list says."""
 
 
 @dataclass
@@ -97,8 +109,101 @@ def _resolve(spec: JobSpec, reg: TaskRegistry, max_args_bytes: int, now: datetim
         "queue": check_queue(spec.queue or t.queue),
         "priority": priority_value(spec.priority if spec.priority is not None else t.priority),
         "run_at": run_at, "max_attempts": max_attempts, "timeout": timeout,
-        "idempotency_key": key, "batch_id": spec.batch_id,
+        "idempotency_key": key, "batch_id": spec.batch_id, "depends_on": None,
     }
+
+
+def _dependency_refs(specs: Sequence[JobSpec]) -> dict[int, tuple[set[uuid.UUID], set[int]]]:
+    """{index: (ids, indexes)} of the specs that name dependencies, checked: ids are UUIDs,
+    indexes name other jobs of the call, and the call's jobs wait for each other in no cycle.
+    Raises InvalidInput with `details["index"]` naming the job at fault."""
+    refs: dict[int, tuple[set[uuid.UUID], set[int]]] = {}
+    for i, spec in enumerate(specs):
+        deps = spec.depends_on
+        if deps is None:
+            continue
+        try:
+            if isinstance(deps, str | bytes) or not isinstance(deps, Sequence):
+                raise InvalidInput("depends_on must be a list of job ids", field="depends_on")
+            if len(deps) > MAX_DEPENDENCIES:
+                raise InvalidInput(f"depends_on names {len(deps)} jobs; the limit is {MAX_DEPENDENCIES}",
+                                   field="depends_on", value=len(deps))
+            ids: set[uuid.UUID] = set()
+            indexes: set[int] = set()
+            for d in deps:
+                if isinstance(d, int) and not isinstance(d, bool):
+                    if not 0 <= d < len(specs):
+                        raise InvalidInput(f"depends_on names job {d} of this call, which has {len(specs)} jobs",
+                                           field="depends_on", value=d)
+                    indexes.add(d)
+                elif isinstance(d, uuid.UUID):
+                    ids.add(d)
+                else:
+                    try:
+                        ids.add(uuid.UUID(d))  # type: ignore[arg-type]
+                    except (ValueError, TypeError, AttributeError):
+                        raise InvalidInput(f"depends_on holds {d!r}, which is not a job id (a UUID)",
+                                           field="depends_on", value=str(d)) from None
+        except InvalidInput as exc:
+            _name_index(exc, i, len(specs))
+            raise
+        refs[i] = (ids, indexes)
+    cycle = _cycle({i: indexes for i, (_, indexes) in refs.items()})
+    if cycle:
+        path = " -> ".join(f"job {j}" for j in cycle)
+        error = InvalidInput(f"depends_on forms a cycle: {path}", field="depends_on", details={"cycle": cycle})
+        _name_index(error, cycle[0], len(specs))
+        raise error
+    return refs
+
+
+def _cycle(edges: dict[int, set[int]]) -> list[int]:
+    """A cycle among the call's jobs as [a, b, ..., a], or [] (depth first, iteratively: the
+    chain may be as long as the call)."""
+    seen: dict[int, bool] = {}  # True while on the current path, False once explored
+    for start in sorted(edges):
+        if start in seen:
+            continue
+        path = [start]
+        seen[start] = True
+        stack = [iter(sorted(edges.get(start, ())))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                seen[path.pop()] = False
+                stack.pop()
+            elif seen.get(nxt) is True:
+                return [*path[path.index(nxt):], nxt]
+            elif nxt not in seen:
+                seen[nxt] = True
+                path.append(nxt)
+                stack.append(iter(sorted(edges.get(nxt, ()))))
+    return []
+
+
+def _name_index(exc: SkiplockError, index: int, count: int) -> None:
+    """Say which job of a call of many an error is about."""
+    if count > 1 and "index" not in exc.details:
+        exc.details["index"] = index
+        exc.message = f"job {index}: {exc.message}"
+        exc.args = (exc.message,)
+
+
+async def _link(conn: db.AsyncConn, rows: list[dict[str, Any]],
+                refs: dict[int, tuple[set[uuid.UUID], set[int]]]) -> None:
+    """Each row's depends_on as sorted job ids. A job named by index that repeats a stored
+    job's idempotency key is that stored job (the insert will skip it)."""
+    named = sorted({j for _, indexes in refs.values() for j in indexes if rows[j]["idempotency_key"] is not None})
+    stored: dict[int, uuid.UUID] = {}
+    if named:
+        found = await jobs.find_by_idempotency_keys(conn, [rows[j]["queue"] for j in named],
+                                                    [rows[j]["idempotency_key"] for j in named])
+        holder = {(f["queue"], f["idempotency_key"]): f["id"] for f in found}
+        stored = {j: holder[(rows[j]["queue"], rows[j]["idempotency_key"])] for j in named
+                  if (rows[j]["queue"], rows[j]["idempotency_key"]) in holder}
+    for i, (ids, indexes) in refs.items():
+        every = ids | {stored.get(j, rows[j]["id"]) for j in indexes}
+        rows[i]["depends_on"] = sorted(every) if every else None
 
 
 async def enqueue(conn: db.AsyncConn, task: str | Task, args: dict[str, Any] | None = None, *,
@@ -214,6 +319,7 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
             raise
     if not rows:
         return []
+    refs = _dependency_refs(specs)
     cid = correlation_id[:200] if correlation_id else None
     if correlation_ids is not None:
         if len(correlation_ids) != len(rows):
@@ -223,21 +329,39 @@ async def enqueue_many(conn: db.AsyncConn, specs: Sequence[JobSpec], *, registry
     limits = limits if limits is not None else default_limits
     wanted = Counter(r["queue"] for r in rows)
     try:
+        if refs:
+            await _link(conn, rows, refs)
         if not await limits.needed(conn, wanted):
-            return await _store(conn, reg, specs, rows, cid, defer_notify)
+            return await _current_states(conn, await _store(conn, reg, specs, rows, cid, defer_notify), rows)
         # A limited queue: the reservation and the insert share a transaction (a savepoint
         # inside the caller's), whose end releases the queue rows it locked.
         async with conn.transaction():
             await limits.reserve(conn, wanted)
-            return await _store(conn, reg, specs, rows, cid, defer_notify)
+            return await _current_states(conn, await _store(conn, reg, specs, rows, cid, defer_notify), rows)
     except psycopg.Error as exc:
         error = translate(exc)
         if not isinstance(error, QueueFull):
+            dependent = {str(r["id"]): i for i, r in enumerate(rows)}.get(str(error.details.get("dependent_id")))
+            if dependent is not None:  # the database names the job by id: say which of the call's
+                _name_index(error, dependent, len(rows))
             raise error from exc
     try:
         return await _stored_repeats(conn, reg, specs, rows, error)
     except psycopg.Error as exc:
         raise translate(exc) from exc
+
+
+async def _current_states(conn: db.AsyncConn, stored: list[Enqueued], rows: list[dict[str, Any]]) -> list[Enqueued]:
+    """A job with dependencies is inserted waiting and queued by the same statement when they
+    have all succeeded already: read the state it has now."""
+    if all(r["depends_on"] is None for r in rows):
+        return stored
+    linked = [j for j, r in zip(stored, rows, strict=True) if j.created and r["depends_on"] is not None]
+    if linked:
+        states = await jobs.job_states(conn, [j.id for j in linked])
+        for j in linked:
+            j.row["state"] = states.get(j.id, j.row["state"])
+    return stored
 
 
 async def _store(conn: db.AsyncConn, reg: TaskRegistry, specs: Sequence[JobSpec], rows: list[dict[str, Any]],
@@ -307,7 +431,8 @@ async def _insert_many(conn: db.AsyncConn, rows: list[dict[str, Any]], correlati
         "queues": cols["queue"], "priorities": cols["priority"], "run_ats": cols["run_at"],
         "max_attempts": cols["max_attempts"], "timeouts": cols["timeout"],
         "idempotency_keys": cols["idempotency_key"], "batch_ids": cols["batch_id"],
-        "correlation_ids": cols.get("correlation_id", [None] * len(rows))})
+        "correlation_ids": cols.get("correlation_id", [None] * len(rows)),
+        "depends_on": [None if d is None else "{" + ",".join(map(str, d)) + "}" for d in cols["depends_on"]]})
     created = {r["id"]: r for r in inserted}
     repeats = [r for r in rows if r["id"] not in created]
     # The jobs already holding the repeated keys (stored before, or by this very statement
@@ -335,4 +460,5 @@ def _fresh_row(resolved: dict[str, Any], inserted: dict[str, Any], correlation_i
         row.setdefault(name, None)
     row.setdefault("attempt", 0)
     row.setdefault("attempt_base", 0)
+    row.setdefault("has_dependents", False)
     return row

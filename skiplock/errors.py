@@ -3,6 +3,7 @@ travels with it, and app/http/errors.py maps each type to one HTTP status."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -113,7 +114,15 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_insert_queued": (InvalidTransition, "state"),
     "jobs_delete_running": (InvalidTransition, None),
     "schedules_name_format": (InvalidInput, "name"),
+    "jobs_depends_on_known": (InvalidInput, "depends_on"),
+    "jobs_depends_on_ended": (InvalidInput, "depends_on"),
+    "jobs_depends_on_cycle": (InvalidInput, "depends_on"),
+    "jobs_depends_on_size": (InvalidInput, "depends_on"),
+    "jobs_waiting_has_dependencies": (InvalidTransition, "state"),
 }
+
+# Refusals whose DETAIL is JSON to pass on as the error's details (the job at fault).
+_JSON_DETAILS = {"jobs_depends_on_known", "jobs_depends_on_ended", "jobs_depends_on_cycle", "jobs_state_transition"}
 
 
 def translate(exc: psycopg.Error) -> SkiplockError:
@@ -129,7 +138,11 @@ def translate(exc: psycopg.Error) -> SkiplockError:
         return QueueFull(primary.removeprefix("skiplock: "), field="queue", details=details)
     if constraint in _CONSTRAINTS:
         kind, field = _CONSTRAINTS[constraint]
-        return kind(primary.removeprefix("skiplock: "), field=field)
+        about: dict[str, Any] = {}
+        if constraint in _JSON_DETAILS and diag and diag.message_detail:
+            with contextlib.suppress(ValueError, TypeError):
+                about = dict(json.loads(diag.message_detail))
+        return kind(primary.removeprefix("skiplock: "), field=field, details=about)
     if isinstance(exc, psycopg.errors.NoDataFound):
         return JobNotFound(primary.removeprefix("skiplock: "))
     if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.DataError):

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from .errors import InvalidInput
 
-State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-STATES: tuple[State, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
+State = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
+STATES: tuple[State, ...] = ("waiting", "queued", "running", "succeeded", "failed", "cancelled")
+"""waiting: the job waits for jobs it depends on (depends_on) that have not succeeded yet."""
 
 PriorityName = Literal["high", "normal", "low"]
 PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}

@@ -287,13 +287,14 @@ class Operations:
             return await insight.retry_failed(conn, name, correlation_id=correlation_id)
 
     async def cancel(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
-        """queued or running → cancelled (a running job's worker stops it); InvalidTransition
-        otherwise. Returns the job's row."""
+        """waiting, queued or running → cancelled (a running job's worker stops it; the jobs
+        waiting for it are cancelled too); InvalidTransition otherwise. Returns the job's row."""
         return await self._transition(jobs.cancel_job, job_id, correlation_id)
 
     async def retry(self, job_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
-        """failed or cancelled → queued, with a fresh round of attempts; InvalidTransition
-        otherwise. Returns the job's row."""
+        """failed or cancelled → queued, with a fresh round of attempts (or waiting, for a job
+        whose dependencies have not all succeeded; InvalidTransition while one of them is failed
+        or cancelled); InvalidTransition otherwise. Returns the job's row."""
         return await self._transition(jobs.retry_job, job_id, correlation_id)
 
     async def _transition(self, action: Callable[[db.AsyncConn, uuid.UUID], Any], job_id: str | uuid.UUID,

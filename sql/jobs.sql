@@ -9,17 +9,19 @@
 -- runs before the insert: it sets skiplock.notify = 'deferred' for the transaction (so the
 -- insert trigger's per-row wakeup, meant for plain SQL, stays off) and sends the statement's
 -- one NOTIFY itself, unless the caller wakes the workers after its commit (wake_queues; the
--- HTTP API does, see skiplock/wakeup.py).
+-- HTTP API does, see skiplock/wakeup.py). With depends_on the row is inserted waiting and the
+-- database links it to its dependencies (sql/schema.sql: jobs_link_dependencies_v1), which may
+-- queue it at once: RETURNING shows the row as inserted.
 WITH tag AS (
     SELECT set_config('skiplock.notify', 'deferred', true),
            CASE WHEN NOT %(defer_notify)s::boolean AND coalesce(%(run_at)s::timestamptz, now()) <= now()
                 THEN pg_notify('skiplock_jobs', %(queue)s::text) END
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id, correlation_id)
+                           idempotency_key, batch_id, correlation_id, depends_on)
 SELECT %(id)s::uuid, %(task)s::text, %(args)s::jsonb, %(queue)s::text, %(priority)s::smallint,
        coalesce(%(run_at)s::timestamptz, now()), %(max_attempts)s::int, %(timeout)s::float8,
-       %(idempotency_key)s::text, %(batch_id)s::uuid, %(correlation_id)s::text
+       %(idempotency_key)s::text, %(batch_id)s::uuid, %(correlation_id)s::text, %(depends_on)s::uuid[]
   FROM tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
@@ -28,14 +30,15 @@ RETURNING *;
 -- Many jobs in one statement (all or none); returns the ids actually inserted (conflicts are
 -- skipped). Wakeup as in insert_job: one NOTIFY per queue with a job due now. Each job carries
 -- its own correlation id when `correlation_ids` gives one (jobs of many requests stored
--- together), else the statement's.
+-- together), else the statement's. A job's depends_on comes as the text of a uuid[] (arrays
+-- of arrays must be rectangular), or NULL.
 WITH i AS (
     SELECT * FROM unnest(%(ids)b::uuid[], %(tasks)b::text[], %(args)b::jsonb[], %(queues)b::text[],
                          %(priorities)b::smallint[], %(run_ats)b::timestamptz[], %(max_attempts)b::int[],
                          %(timeouts)b::float8[], %(idempotency_keys)b::text[], %(batch_ids)b::uuid[],
-                         %(correlation_ids)b::text[])
+                         %(correlation_ids)b::text[], %(depends_on)b::text[])
            AS i(id, task, args, queue, priority, run_at, max_attempts, timeout, idempotency_key, batch_id,
-                correlation_id)
+                correlation_id, depends_on)
 ), tag AS (
     SELECT set_config('skiplock.notify', 'deferred', true),
            (SELECT count(pg_notify('skiplock_jobs', d.queue))
@@ -43,9 +46,10 @@ WITH i AS (
              WHERE NOT %(defer_notify)s::boolean)
 )
 INSERT INTO skiplock.jobs (id, task, args, queue, priority, run_at, max_attempts, timeout,
-                           idempotency_key, batch_id, correlation_id)
+                           idempotency_key, batch_id, correlation_id, depends_on)
 SELECT i.id, i.task, i.args, i.queue, i.priority, coalesce(i.run_at, now()), i.max_attempts,
-       i.timeout, i.idempotency_key, i.batch_id, coalesce(i.correlation_id, %(correlation_id)s::text)
+       i.timeout, i.idempotency_key, i.batch_id, coalesce(i.correlation_id, %(correlation_id)s::text),
+       i.depends_on::uuid[]
   FROM i, tag
 ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, state, run_at, created_at;
@@ -69,6 +73,11 @@ SELECT j.*
 
 -- name: get_job
 SELECT * FROM skiplock.jobs WHERE id = %(id)s;
+
+-- name: job_states
+-- The states of these jobs now: a job submitted with dependencies is inserted waiting, and
+-- queued in the same statement when they have all succeeded.
+SELECT id, state FROM skiplock.jobs WHERE id = ANY (%(ids)s::uuid[]);
 
 -- name: get_history
 -- The job's timeline: the row's own transitions merged with its history rows.

@@ -4,7 +4,9 @@
 
 CREATE SCHEMA skiplock;
 
-CREATE TYPE skiplock.job_state AS ENUM ('queued', 'running', 'succeeded', 'failed', 'cancelled');
+-- waiting: the job names jobs it waits for (depends_on) and one of them has not succeeded yet;
+-- it is not claimable until the last one succeeds (see "Dependencies" below).
+CREATE TYPE skiplock.job_state AS ENUM ('waiting', 'queued', 'running', 'succeeded', 'failed', 'cancelled');
 
 -- Time-ordered UUID (version 7): 48 bits of Unix milliseconds, then random bits.
 -- New ids sort after old ones, so the primary key index stays append-mostly.
@@ -25,10 +27,11 @@ $$;
 CREATE FUNCTION skiplock.transition_allowed(old_state skiplock.job_state, new_state skiplock.job_state)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT CASE old_state
+    WHEN 'waiting'   THEN new_state IN ('waiting', 'queued', 'cancelled')
     WHEN 'queued'    THEN new_state IN ('queued', 'running', 'cancelled')
     WHEN 'running'   THEN new_state IN ('running', 'queued', 'succeeded', 'failed', 'cancelled')
-    WHEN 'failed'    THEN new_state IN ('failed', 'queued')
-    WHEN 'cancelled' THEN new_state IN ('cancelled', 'queued')
+    WHEN 'failed'    THEN new_state IN ('failed', 'queued', 'waiting')
+    WHEN 'cancelled' THEN new_state IN ('cancelled', 'queued', 'waiting')
     ELSE false  -- succeeded is final
   END
 $$;
@@ -64,6 +67,12 @@ CREATE TABLE skiplock.jobs (
     -- ctx.correlation_id; every transition of the job carries it unless made within another
     -- request that set its own.
     correlation_id   text                DEFAULT nullif(current_setting('skiplock.correlation_id', true), ''),
+    -- The jobs this one waits for, as submitted (sorted, without repeats); NULL for a job that
+    -- waits for none. See "Dependencies" below.
+    depends_on       uuid[],
+    -- Some job waits (or waited) for this one: only such a job's end runs
+    -- jobs_release_dependents_v1 (the trigger's WHEN clause reads this flag).
+    has_dependents   boolean             NOT NULL DEFAULT false,
     CONSTRAINT jobs_pkey PRIMARY KEY (id),
     -- Names: a task is 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or _; a queue 1-63 of
     -- a-z 0-9 _ . - not starting with . or -. Written as a length and two searches for a bad
@@ -81,7 +90,9 @@ CREATE TABLE skiplock.jobs (
     -- A running job always has a holder and a lease; nothing else has a lease. worker_id stays
     -- after the run: it names the worker of the latest claim (the job's timeline needs it).
     CONSTRAINT jobs_running_has_lease CHECK (
-        (state = 'running') = (lease_expires_at IS NOT NULL) AND (state <> 'running' OR worker_id IS NOT NULL))
+        (state = 'running') = (lease_expires_at IS NOT NULL) AND (state <> 'running' OR worker_id IS NOT NULL)),
+    CONSTRAINT jobs_waiting_has_dependencies CHECK (state <> 'waiting' OR depends_on IS NOT NULL),
+    CONSTRAINT jobs_depends_on_size CHECK (cardinality(depends_on) BETWEEN 1 AND 1000)
 );
 
 -- Hot table: rows are updated several times and deleted by the pruner. Vacuum after
@@ -266,10 +277,179 @@ END
 $$;
 
 CREATE TRIGGER jobs_insert_queued BEFORE INSERT ON skiplock.jobs
-    FOR EACH ROW WHEN (NEW.state <> 'queued') EXECUTE FUNCTION skiplock.refuse_impossible_row_v1();
+    FOR EACH ROW WHEN (NEW.state <> 'queued' AND NOT (NEW.state = 'waiting' AND NEW.depends_on IS NOT NULL))
+    EXECUTE FUNCTION skiplock.refuse_impossible_row_v1();
 
 CREATE TRIGGER jobs_delete_running BEFORE DELETE ON skiplock.jobs
     FOR EACH ROW WHEN (OLD.state = 'running') EXECUTE FUNCTION skiplock.refuse_impossible_row_v1();
+
+-- ---------------------------------------------------------------------------
+-- Dependencies. A job submitted with depends_on (ids of jobs it waits for) is inserted
+-- `waiting` and is not claimable (the claim reads queued rows only). It becomes `queued` in
+-- the transaction in which the last of them succeeds, and that transaction's commit wakes the
+-- workers of its queue (jobs_transition_v1 sends the NOTIFY of a job back in its queue). When
+-- one of them fails for good or is cancelled, the waiting job is cancelled with a reason
+-- naming it, and so are the jobs waiting for it in turn. Only jobs that have dependencies or
+-- dependents run any of this: the happy path of every other job runs no trigger function.
+
+-- One row per unfinished dependency of a waiting job; the rows of a dependency go when it ends.
+CREATE TABLE skiplock.job_dependencies (
+    depends_on uuid NOT NULL,
+    job_id     uuid NOT NULL,
+    CONSTRAINT job_dependencies_pkey PRIMARY KEY (depends_on, job_id)
+);
+
+-- A job inserted with dependencies is inserted waiting (its own statement may also insert the
+-- jobs it waits for, which a BEFORE trigger may not see yet: jobs_link_dependencies_v1 checks
+-- them after the statement). An empty list is no dependency.
+CREATE FUNCTION skiplock.jobs_submit_waiting_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF cardinality(NEW.depends_on) = 0 THEN
+    NEW.depends_on := NULL;
+    RETURN NEW;
+  END IF;
+  IF array_position(NEW.depends_on, NULL) IS NOT NULL THEN
+    RAISE EXCEPTION 'skiplock: depends_on holds a NULL; name job ids'
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_known';
+  END IF;
+  NEW.depends_on := ARRAY(SELECT DISTINCT d FROM unnest(NEW.depends_on) AS d ORDER BY d);
+  IF NEW.state = 'queued' THEN
+    NEW.state := 'waiting';
+  END IF;
+  RETURN NEW;
+END
+$$;
+
+-- A job entering `waiting` (inserted, or put back by an operator's retry): its dependencies
+-- must be jobs, not failed or cancelled, and must not wait for it (a cycle); each unfinished
+-- one is told it has a dependent (has_dependents, a row in job_dependencies). It is locked
+-- first, in id order, so that it cannot end before this transaction does and two submitters
+-- naming the same jobs cannot deadlock. When every dependency has already succeeded the job
+-- is queued at once.
+CREATE FUNCTION skiplock.jobs_link_dependencies_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  missing uuid;
+  ended record;
+  loop_via uuid;
+BEGIN
+  IF NEW.id = ANY (NEW.depends_on) THEN
+    RAISE EXCEPTION 'skiplock: job % depends on itself', NEW.id
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_cycle',
+            DETAIL = json_build_object('job_id', NEW.id, 'dependent_id', NEW.id)::text;
+  END IF;
+  PERFORM 1 FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) ORDER BY x.id FOR NO KEY UPDATE;
+  SELECT d INTO missing FROM unnest(NEW.depends_on) AS d
+   WHERE NOT EXISTS (SELECT 1 FROM skiplock.jobs x WHERE x.id = d) ORDER BY d LIMIT 1;
+  IF FOUND AND TG_OP = 'INSERT' THEN
+    RAISE EXCEPTION 'skiplock: job % depends on %, which is not a job', NEW.id, missing
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_known',
+            DETAIL = json_build_object('job_id', missing, 'dependent_id', NEW.id)::text;
+  ELSIF FOUND THEN  -- pruned or deleted since: whether it succeeded is not known any more
+    RAISE EXCEPTION 'skiplock: job % depends on %, which no longer exists; submit it again', NEW.id, missing
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition',
+            DETAIL = json_build_object('job_id', missing, 'dependent_id', NEW.id)::text;
+  END IF;
+  SELECT x.id, x.state INTO ended FROM skiplock.jobs x
+   WHERE x.id = ANY (NEW.depends_on) AND x.state IN ('failed', 'cancelled') ORDER BY x.id LIMIT 1;
+  IF FOUND THEN
+    IF TG_OP = 'INSERT' THEN
+      RAISE EXCEPTION 'skiplock: job % depends on job %, which is %', NEW.id, ended.id, ended.state
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_ended',
+              DETAIL = json_build_object('job_id', ended.id, 'state', ended.state, 'dependent_id', NEW.id)::text;
+    END IF;
+    RAISE EXCEPTION 'skiplock: job % depends on job %, which is %; retry that one first', NEW.id, ended.id, ended.state
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition',
+            DETAIL = json_build_object('job_id', ended.id, 'state', ended.state)::text;
+  END IF;
+  -- A cycle needs jobs that name each other, so all of them are inserted by one statement
+  -- (an id must exist to be named): walk up the waiting jobs this one waits for.
+  WITH RECURSIVE up(id, deps) AS (
+      SELECT x.id, x.depends_on FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) AND x.state = 'waiting'
+      UNION
+      SELECT x.id, x.depends_on FROM up JOIN skiplock.jobs x ON x.id = ANY (up.deps) AND x.state = 'waiting'
+  )
+  SELECT up.id INTO loop_via FROM up WHERE NEW.id = ANY (up.deps) LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'skiplock: job % and job % wait for each other (a dependency cycle)', NEW.id, loop_via
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_cycle',
+            DETAIL = json_build_object('job_id', loop_via, 'dependent_id', NEW.id)::text;
+  END IF;
+  UPDATE skiplock.jobs x SET has_dependents = true
+   WHERE x.id = ANY (NEW.depends_on) AND x.state <> 'succeeded' AND NOT x.has_dependents;
+  INSERT INTO skiplock.job_dependencies (depends_on, job_id)
+  SELECT x.id, NEW.id FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) AND x.state <> 'succeeded'
+  ON CONFLICT DO NOTHING;
+  IF NOT EXISTS (SELECT 1 FROM skiplock.jobs x WHERE x.id = ANY (NEW.depends_on) AND x.state <> 'succeeded') THEN
+    UPDATE skiplock.jobs j SET state = 'queued' WHERE j.id = NEW.id AND j.state = 'waiting';
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+-- A job with dependents ended: release the ones whose last dependency this was, or cancel
+-- them (and their own dependents) when it failed or was cancelled.
+CREATE FUNCTION skiplock.jobs_release_dependents_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+  dependents uuid[];
+BEGIN
+  WITH ended AS (
+      DELETE FROM skiplock.job_dependencies e WHERE e.depends_on = NEW.id RETURNING e.job_id
+  )
+  SELECT array_agg(ended.job_id ORDER BY ended.job_id) INTO dependents FROM ended;
+  IF dependents IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF NEW.state = 'succeeded' THEN
+    -- Lock first, check in the next statement: two transactions that finish a job's last two
+    -- dependencies at once queue up on its row lock here, and the later one, whose next
+    -- statement takes a new snapshot (READ COMMITTED), sees the other's success and releases
+    -- it. One statement would judge by a snapshot taken before the wait.
+    PERFORM 1 FROM skiplock.jobs d WHERE d.id = ANY (dependents) AND d.state = 'waiting' ORDER BY d.id
+        FOR NO KEY UPDATE;
+    UPDATE skiplock.jobs d SET state = 'queued'
+     WHERE d.id = ANY (dependents) AND d.state = 'waiting'
+       AND NOT EXISTS (SELECT 1 FROM skiplock.jobs x WHERE x.id = ANY (d.depends_on) AND x.state <> 'succeeded');
+    RETURN NULL;
+  END IF;
+  -- All the waiting jobs downstream at once (one statement, however long the chain), each with
+  -- the dependency it was waiting for that ended.
+  WITH RECURSIVE doomed(id, cause) AS (
+      SELECT d.id, NEW.id FROM skiplock.jobs d WHERE d.id = ANY (dependents) AND d.state = 'waiting'
+      UNION
+      SELECT e.job_id, doomed.id FROM doomed
+        JOIN skiplock.job_dependencies e ON e.depends_on = doomed.id
+        JOIN skiplock.jobs d ON d.id = e.job_id AND d.state = 'waiting'
+  )
+  UPDATE skiplock.jobs d
+     SET state = 'cancelled', finished_at = now(),
+         last_error = CASE WHEN c.cause = NEW.id
+                           THEN format('skiplock: dependency %s (%s) %s', NEW.id, NEW.task, NEW.state)
+                           ELSE format('skiplock: dependency %s was cancelled: its dependency %s (%s) %s',
+                                       c.cause, NEW.id, NEW.task, NEW.state) END
+    FROM (SELECT DISTINCT ON (doomed.id) doomed.id, doomed.cause FROM doomed
+           ORDER BY doomed.id, doomed.cause = NEW.id DESC, doomed.cause) c
+   WHERE d.id = c.id AND d.state = 'waiting';
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_insert_waiting BEFORE INSERT ON skiplock.jobs
+    FOR EACH ROW WHEN (NEW.depends_on IS NOT NULL) EXECUTE FUNCTION skiplock.jobs_submit_waiting_v1();
+
+CREATE TRIGGER jobs_link_dependencies AFTER INSERT ON skiplock.jobs
+    FOR EACH ROW WHEN (NEW.state = 'waiting') EXECUTE FUNCTION skiplock.jobs_link_dependencies_v1();
+
+CREATE TRIGGER jobs_relink_dependencies AFTER UPDATE ON skiplock.jobs
+    FOR EACH ROW WHEN (OLD.state <> 'waiting' AND NEW.state = 'waiting')
+    EXECUTE FUNCTION skiplock.jobs_link_dependencies_v1();
+
+CREATE TRIGGER jobs_release_dependents AFTER UPDATE ON skiplock.jobs
+    FOR EACH ROW WHEN (NEW.has_dependents AND OLD.state <> NEW.state
+                       AND NEW.state IN ('succeeded', 'failed', 'cancelled'))
+    EXECUTE FUNCTION skiplock.jobs_release_dependents_v1();
 
 -- ---------------------------------------------------------------------------
 -- Functions for any language, each inside the caller's transaction.
@@ -342,7 +522,7 @@ $$;
 -- the queue, returns the existing job's id and inserts nothing. Options left out come from
 -- the task's row in skiplock.tasks (recorded by its workers), then the built-in defaults.
 -- A queue's max_waiting holds here too (skiplock.reserve_room_v1), except for a repeat of a
--- stored job, which needs no room.
+-- stored job, which needs no room. depends_on: ids of jobs it waits for (see "Dependencies").
 CREATE FUNCTION skiplock.enqueue(
     task text,
     args jsonb DEFAULT '{}'::jsonb,
@@ -352,7 +532,8 @@ CREATE FUNCTION skiplock.enqueue(
     max_attempts integer DEFAULT NULL,
     timeout double precision DEFAULT NULL,
     idempotency_key text DEFAULT NULL,
-    batch_id uuid DEFAULT NULL
+    batch_id uuid DEFAULT NULL,
+    depends_on uuid[] DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -375,12 +556,12 @@ BEGIN
   END IF;
   PERFORM skiplock.reserve_room_v1(ARRAY[q], ARRAY[1]);
   INSERT INTO skiplock.jobs AS j (task, args, queue, priority, run_at, max_attempts, timeout,
-                                  idempotency_key, batch_id)
+                                  idempotency_key, batch_id, depends_on)
   VALUES (enqueue.task, enqueue.args, q,
           coalesce(CASE WHEN enqueue.priority IS NOT NULL THEN skiplock.priority_value(enqueue.priority) END,
                    d.priority, 1),
           coalesce(enqueue.run_at, now()), coalesce(enqueue.max_attempts, d.max_attempts, 3),
-          coalesce(enqueue.timeout, d.timeout), enqueue.idempotency_key, enqueue.batch_id)
+          coalesce(enqueue.timeout, d.timeout), enqueue.idempotency_key, enqueue.batch_id, enqueue.depends_on)
   ON CONFLICT (queue, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING j.id INTO new_id;
   IF new_id IS NULL THEN
@@ -396,7 +577,8 @@ $$;
 -- used so far move into attempt_base instead. A round of transitions is bounded by the job's
 -- attempts, but retries are not (retry and cancel alternate without any worker), so a retry
 -- trims the history to its latest rows: with the submission (on the job row) the timeline
--- holds at most 100 entries after the retry.
+-- holds at most 100 entries after the retry. A job with dependencies waits again for those
+-- that have not succeeded (refused while one of them is failed or cancelled: retry it first).
 CREATE FUNCTION skiplock.retry(job_id uuid) RETURNS skiplock.job_state
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -416,13 +598,15 @@ BEGIN
      AND h.id < (SELECT l.id FROM skiplock.job_history l WHERE l.job_id = retry.job_id
                   ORDER BY l.id DESC OFFSET 97 LIMIT 1);
   UPDATE skiplock.jobs j
-     SET state = 'queued', attempt_base = j.attempt, run_at = now(), finished_at = NULL, result = NULL
+     SET state = CASE WHEN j.depends_on IS NULL THEN 'queued' ELSE 'waiting' END::skiplock.job_state,
+         attempt_base = j.attempt, run_at = now(), finished_at = NULL, result = NULL
    WHERE j.id = retry.job_id;
-  RETURN 'queued';
+  SELECT j.state INTO s FROM skiplock.jobs j WHERE j.id = retry.job_id;
+  RETURN s;
 END
 $$;
 
--- Cancel a queued or running job. A running job's worker is told at once: the commit delivers
+-- Cancel a waiting, queued or running job. A running job's worker is told at once: the commit delivers
 -- a NOTIFY on skiplock_cancel with "job id:attempt" to every worker's listener, and the one
 -- running that attempt stops it within a second; its next heartbeat is the fallback (a cancel
 -- by a plain UPDATE is seen only there). Whatever it answers afterwards is fenced off.
@@ -436,8 +620,8 @@ BEGIN
   IF NOT FOUND THEN
     RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
   END IF;
-  IF s NOT IN ('queued', 'running') THEN
-    RAISE EXCEPTION 'skiplock: job % is %; only queued or running jobs can be cancelled', job_id, s
+  IF s NOT IN ('waiting', 'queued', 'running') THEN
+    RAISE EXCEPTION 'skiplock: job % is %; only waiting, queued or running jobs can be cancelled', job_id, s
       USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
   END IF;
   UPDATE skiplock.jobs j
@@ -515,6 +699,7 @@ SELECT q.queue,
        coalesce(p.paused, false) AS paused,
        count(*) FILTER (WHERE j.state = 'queued' AND j.run_at <= now()) AS ready,
        count(*) FILTER (WHERE j.state = 'queued' AND j.run_at > now())  AS scheduled,
+       count(*) FILTER (WHERE j.state = 'waiting')   AS waiting,
        count(*) FILTER (WHERE j.state = 'running')   AS running,
        count(*) FILTER (WHERE j.state = 'succeeded') AS succeeded,
        count(*) FILTER (WHERE j.state = 'failed')    AS failed,
@@ -527,14 +712,16 @@ SELECT q.queue,
  GROUP BY q.queue, p.paused;
 
 -- A job's transitions in order (step 1, 2, ...), as the API, CLI and dashboard show them:
--- the submission and the latest run from the job row, everything else from job_history.
+-- the submission (waiting when it named dependencies) and the latest run from the job row,
+-- everything else from job_history.
 -- While a job is running or succeeded, every history row precedes its latest claim (any
 -- other transition out of running writes that run to the history), so the order is
 -- submission, history rows, latest claim, success.
 CREATE VIEW skiplock.job_timeline AS
 SELECT t.job_id, row_number() OVER (PARTITION BY t.job_id ORDER BY t.part, t.seq) AS step,
        t.state, t.at, t.attempt, t.worker_id, t.error, t.correlation_id
-  FROM (SELECT j.id AS job_id, 0 AS part, 0::bigint AS seq, 'queued'::skiplock.job_state AS state,
+  FROM (SELECT j.id AS job_id, 0 AS part, 0::bigint AS seq,
+               CASE WHEN j.depends_on IS NULL THEN 'queued' ELSE 'waiting' END::skiplock.job_state AS state,
                j.created_at AS at, 0 AS attempt, NULL::text AS worker_id, NULL::text AS error, j.correlation_id
           FROM skiplock.jobs j
         UNION ALL

@@ -27,7 +27,7 @@ HEADER_KEY_RE = re.compile(r"^[!-~]([ -~]{0,253}[!-~])?$")
 def _spec(body: JobIn, key: str | None) -> JobSpec:
     return JobSpec(task=body.task, args=body.args, queue=body.queue, priority=body.priority, run_at=body.run_at,
                    delay=body.delay, max_attempts=body.max_attempts, timeout=body.timeout, idempotency_key=key,
-                   batch_id=body.batch_id)
+                   batch_id=body.batch_id, depends_on=body.depends_on)
 
 
 async def submit(request: Request) -> Response:
@@ -90,12 +90,12 @@ async def list_jobs(request: Request) -> Response:
 
 
 async def cancel(request: Request) -> Response:
-    """POST /jobs/{id}/cancel: queued or running → cancelled; 409 otherwise."""
+    """POST /jobs/{id}/cancel: waiting, queued or running → cancelled; 409 otherwise."""
     job = await api(request).ops.cancel(request.path_params["job_id"], correlation_id=request_id(request))
     return _json(JobOut.from_row(job))
 
 
 async def retry(request: Request) -> Response:
-    """POST /jobs/{id}/retry: failed or cancelled → queued with fresh attempts; 409 otherwise."""
+    """POST /jobs/{id}/retry: failed or cancelled → queued (or waiting) with fresh attempts; 409 otherwise."""
     job = await api(request).ops.retry(request.path_params["job_id"], correlation_id=request_id(request))
     return _json(JobOut.from_row(job))

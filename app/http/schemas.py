@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from skiplock.job import PRIORITY_NAMES
 
 Priority = Literal["high", "normal", "low"]
-StateName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+StateName = Literal["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
 NO_NUL = r"^[^\x00]*$"
@@ -62,6 +62,24 @@ UuidText = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)
 # schema keeps the bounds as minimum and maximum).
 Attempts = Annotated[int, Field(strict=False, ge=1, le=1000), BeforeValidator(_json_number)]
 WaitingLimit = Annotated[int, Field(strict=False, ge=1, le=1_000_000_000), BeforeValidator(_json_number)]
+MAX_JOB_INDEX = 100_000
+
+
+def _dependency(v: Any) -> Any:
+    """A job id (UUID text) or the index of a job of the same request (a JSON integer)."""
+    if isinstance(v, str):
+        try:
+            return uuid.UUID(v)
+        except ValueError:
+            raise ValueError("must be a job id (a UUID string) or the index of a job of this request") from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or v != int(v) or not 0 <= v <= MAX_JOB_INDEX:
+        raise ValueError(f"must be a job id (a UUID string) or the index of a job of this request "
+                         f"(an integer from 0 to {MAX_JOB_INDEX})")
+    return int(v)
+
+
+Dependency = Annotated[Annotated[uuid.UUID, Field(strict=False)] | Annotated[int, Field(ge=0, le=MAX_JOB_INDEX)],
+                       BeforeValidator(_dependency)]
 
 
 class JobIn(Strict):
@@ -78,6 +96,11 @@ class JobIn(Strict):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
                                         description="Same as the Idempotency-Key header")
     batch_id: UuidText | None = None
+    depends_on: list[Dependency] | None = Field(
+        default=None, max_length=1000,
+        description="Jobs to wait for: ids of stored jobs, or (in /jobs/bulk) indexes of jobs of the same "
+                    "request. The job stays `waiting` until all have succeeded; it is cancelled if one fails "
+                    "or is cancelled. An unknown, failed or cancelled job, or a cycle, is refused (422)")
 
     @field_validator("run_at")
     @classmethod
@@ -119,6 +142,7 @@ class JobOut(BaseModel):
     batch_id: uuid.UUID | None
     correlation_id: str | None = Field(None, description="The id of the request that submitted the job "
                                                          "(its X-Request-ID); also on every transition")
+    depends_on: list[uuid.UUID] | None = Field(default=None, description="The jobs it waits (or waited) for")
     result: Any = None
     last_error: str | None
     progress: dict[str, Any] | None
@@ -155,6 +179,7 @@ class QueueOut(BaseModel):
     paused: bool
     ready: int
     scheduled: int
+    waiting: int = Field(description="Jobs waiting for their dependencies")
     running: int
     succeeded: int
     failed: int

@@ -56,6 +56,11 @@ async def get_job(conn: AsyncConn, job_id: uuid.UUID) -> dict[str, Any] | None:
     return await fetch_one(conn, "get_job", {"id": job_id})
 
 
+async def job_states(conn: AsyncConn, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """{id: state} of these jobs now."""
+    return {r["id"]: str(r["state"]) for r in await fetch_all(conn, "job_states", {"ids": list(ids)})}
+
+
 async def get_history(conn: AsyncConn, job_id: uuid.UUID) -> list[dict[str, Any]]:
     return await fetch_all(conn, "get_history", {"id": job_id})
 

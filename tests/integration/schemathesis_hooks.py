@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import schemathesis
@@ -21,4 +22,27 @@ def map_case(context: Any, case: Any) -> Any:
     key = headers.get("Idempotency-Key")
     if isinstance(key, str) and VALID_HEADER.match(key) and body.get("idempotency_key") is not None:
         del headers["Idempotency-Key"]
+    _no_dependencies(body)
+    for job in body.get("jobs") or []:
+        if isinstance(job, dict):
+            _no_dependencies(job)
     return case
+
+
+def _no_dependencies(job: dict[str, Any]) -> None:
+    """The other rule stated in words: depends_on names stored jobs (or other jobs of the same
+    request, in no cycle), which no schema can know; a generated list of ids becomes empty (no
+    dependency), the field still sent. A list the schema refuses stays as it is."""
+    deps = job.get("depends_on")
+    if isinstance(deps, list) and len(deps) <= 1000 and all(_schema_valid_dependency(d) for d in deps):
+        job["depends_on"] = []
+
+
+def _schema_valid_dependency(d: Any) -> bool:
+    if isinstance(d, str):
+        try:
+            uuid.UUID(d)
+        except ValueError:
+            return False
+        return True
+    return isinstance(d, int | float) and not isinstance(d, bool) and d == int(d) and 0 <= d <= 100_000

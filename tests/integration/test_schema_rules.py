@@ -58,7 +58,7 @@ def test_sql_retry_and_cancel_refuse_wrong_states(pg_conn, make_job):
     with pytest.raises(psycopg.errors.CheckViolation, match="only failed or cancelled"):
         pg_conn.execute("SELECT skiplock.retry(%s)", (done,))
     pg_conn.rollback()
-    with pytest.raises(psycopg.errors.CheckViolation, match="only queued or running"):
+    with pytest.raises(psycopg.errors.CheckViolation, match="only waiting, queued or running"):
         pg_conn.execute("SELECT skiplock.cancel(%s)", (done,))
     pg_conn.rollback()
     failed = make_job(state="failed", attempt=3)

@@ -178,3 +178,70 @@ def test_0007_converts_history_up_and_down_on_jobs_in_every_state(pg_cluster, re
         c.execute("SELECT skiplock.enqueue('echo', '{}')")
     migrate.upgrade(url)
     assert dump_schema(pg_cluster, "mig_history") == reference_dump
+
+
+# -- 0096: dependencies ---------------------------------------------------------------------------
+def _before_dependencies() -> str:
+    """The revision 0096 follows (whatever the chain becomes)."""
+    from alembic.script import ScriptDirectory
+
+    down = ScriptDirectory.from_config(migrate.alembic_config("")).get_revision("0096").down_revision
+    assert isinstance(down, str)
+    return down
+
+
+def _run(c: psycopg.Connection[Any], job: Any, to: str) -> None:
+    c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = attempt + 1, worker_id = 'w', "
+              "lease_expires_at = now() + interval '1 minute', started_at = now() WHERE id = %s", (job,))
+    c.execute("UPDATE skiplock.jobs SET state = %s::text::skiplock.job_state, lease_expires_at = NULL, "
+              "finished_at = now(), last_error = 'boom' WHERE id = %s", (to, job))
+
+
+def test_0096_up_and_down_on_a_database_with_jobs_waiting_and_in_every_state(pg_cluster, reference_dump):
+    before = _before_dependencies()
+    migrate.upgrade(fresh_db(pg_cluster, "mig_deps_ref"), before)
+    before_dump = dump_schema(pg_cluster, "mig_deps_ref")
+    url = fresh_db(pg_cluster, "mig_deps")
+    migrate.upgrade(url, before)
+    with psycopg.connect(url, autocommit=True) as c:
+        old = {s: c.execute("SELECT skiplock.enqueue('echo')").fetchone()[0]  # type: ignore[index]
+               for s in ("queued", "succeeded", "failed", "cancelled")}
+        for s in ("succeeded", "failed"):
+            _run(c, old[s], s)
+        c.execute("SELECT skiplock.cancel(%s)", (old["cancelled"],))
+        timelines = {s: c.execute("SELECT state::text, attempt FROM skiplock.job_timeline WHERE job_id = %s "
+                                  "ORDER BY step", (j,)).fetchall() for s, j in old.items()}
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_deps") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        for s, j in old.items():  # the jobs from before are as they were, with no dependency
+            assert c.execute("SELECT state::text, depends_on, has_dependents FROM skiplock.jobs WHERE id = %s",
+                             (j,)).fetchone() == (s, None, False)
+            assert c.execute("SELECT state::text, attempt FROM skiplock.job_timeline WHERE job_id = %s "
+                             "ORDER BY step", (j,)).fetchall() == timelines[s]
+        waits = c.execute("SELECT skiplock.enqueue('echo', depends_on => ARRAY[%s::uuid])",
+                          (old["queued"],)).fetchone()[0]  # type: ignore[index]
+        b = c.execute("SELECT skiplock.enqueue('echo')").fetchone()[0]  # type: ignore[index]
+        again = c.execute("SELECT skiplock.enqueue('echo', depends_on => ARRAY[%s::uuid])", (b,)).fetchone()[0]  # type: ignore[index]
+        _run(c, b, "failed")  # cancels `again`
+        c.execute("SELECT skiplock.retry(%s)", (b,))
+        c.execute("SELECT skiplock.retry(%s)", (again,))  # waits again: a history row says so
+        assert c.execute("SELECT count(*) FROM skiplock.jobs WHERE state = 'waiting'").fetchone() == (2,)
+    migrate.downgrade(url, before)
+    assert dump_schema(pg_cluster, "mig_deps") == before_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        for j in (waits, again):
+            state, error = c.execute("SELECT state::text, last_error FROM skiplock.jobs WHERE id = %s",
+                                     (j,)).fetchone()  # type: ignore[misc]
+            assert state == "cancelled" and "downgrade" in error
+        assert c.execute("SELECT state::text FROM skiplock.job_timeline WHERE job_id = %s ORDER BY step",
+                         (again,)).fetchall() == [("queued",), ("cancelled",), ("queued",), ("cancelled",)]
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            c.execute("SELECT 'waiting'::skiplock.job_state")
+        c.execute("SELECT skiplock.enqueue('echo')")
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_deps") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        d = c.execute("SELECT skiplock.enqueue('echo', depends_on => ARRAY[%s::uuid])", (old["queued"],)).fetchone()[0]  # type: ignore[index]
+        _run(c, old["queued"], "succeeded")
+        assert c.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (d,)).fetchone() == ("queued",)
