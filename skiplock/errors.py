@@ -86,6 +86,18 @@ class ScheduleNotFound(SkiplockError):
     code = "not_found"
 
 
+class BatchNotFound(SkiplockError):
+    """No such batch."""
+
+    code = "not_found"
+
+
+class BatchSealed(InvalidTransition):
+    """The batch is sealed: it takes no new jobs."""
+
+    code = "batch_sealed"
+
+
 class DatabaseUnavailable(SkiplockError):
     """The database is unreachable."""
 
@@ -113,6 +125,8 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_insert_queued": (InvalidTransition, "state"),
     "jobs_delete_running": (InvalidTransition, None),
     "schedules_name_format": (InvalidInput, "name"),
+    "batches_sealed": (BatchSealed, "batch_id"),
+    "batches_on_complete_valid": (InvalidInput, "on_complete"),
 }
 
 
