@@ -80,6 +80,18 @@ def completion_job(spec: JobSpec, *, registry: TaskRegistry | None = None,
             "max_attempts": r["max_attempts"], "timeout": r["timeout"]}
 
 
+def check_completion_json(spec: JobSpec, registry: TaskRegistry) -> None:
+    """Check the completion job's arguments strictly as JSON (Task.check_json_args), as a
+    submitter speaking JSON sends them."""
+    try:
+        registry.get(spec.task).check_json_args({**spec.args, "batch": _SAMPLE_OUTCOME})
+    except SkiplockError as exc:
+        exc.field = exc.details["field"] = f"on_complete.{exc.field or 'task'}"
+        exc.message = f"on_complete: {exc.message}"
+        exc.args = (exc.message,)
+        raise
+
+
 async def open_batch(conn: db.AsyncConn, *, on_complete: JobSpec | None = None,
                      registry: TaskRegistry | None = None, correlation_id: str | None = None) -> uuid.UUID:
     """Open an empty batch in the caller's transaction; returns its id. Add jobs with

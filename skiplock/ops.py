@@ -29,7 +29,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db
-from .batches import BATCH_STATES, enqueue_batch
+from .batches import BATCH_STATES, check_completion_json, enqueue_batch
 from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
 from .enqueue import MAX_ARGS_BYTES, Enqueued, JobSpec, enqueue_many
@@ -398,6 +398,8 @@ class Operations:
             except SkiplockError as exc:
                 _at_index(exc, i)
                 raise
+        if on_complete is not None and json_args:
+            check_completion_json(on_complete, registry)
         deferred = self.wakeups is not None
         async with self._conn() as conn:
             made = await enqueue_batch(conn, specs, on_complete=on_complete, seal=seal, registry=registry,
