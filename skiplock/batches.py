@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import psycopg
 from pydantic import BaseModel
@@ -39,6 +39,8 @@ _SAMPLE_OUTCOME = {"id": str(uuid.UUID(int=0)), "state": "succeeded", "total": 0
 
 class BatchOutcome(BaseModel):
     """The `batch` argument of a completion job: how the batch ended."""
+
+    skiplock_whole_args: ClassVar[bool] = False  # a handler's only parameter, still named `batch`
 
     id: uuid.UUID
     state: Literal["succeeded", "failed", "cancelled"]

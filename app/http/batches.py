@@ -84,7 +84,7 @@ async def list_batches(request: Request) -> Response:
 
 async def get_batch(request: Request) -> Response:
     """GET /batches/{id}: counts, percent, state, times and the completion job."""
-    return _json(_detail(await api(request).ops.get_batch(request.path_params["batch_id"])))
+    return _json(_detail(await api(request).ops.get_batch(request.path_params["id"])))
 
 
 async def list_jobs(request: Request) -> Response:
@@ -93,23 +93,23 @@ async def list_jobs(request: Request) -> Response:
     unknown = sorted(set(p) - {"state", "limit", "cursor"})
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-    page = await api(request).ops.batch_jobs(request.path_params["batch_id"], state=p.get("state"),
+    page = await api(request).ops.batch_jobs(request.path_params["id"], state=p.get("state"),
                                              limit=query_int(p, "limit", 50), cursor=p.get("cursor"))
     return _json(JobPage(jobs=[JobOut.from_row(r) for r in page.jobs], next_cursor=page.next_cursor))
 
 
 async def cancel(request: Request) -> Response:
     """POST /batches/{id}/cancel: its queued and running jobs are cancelled, and it is sealed."""
-    row = await api(request).ops.cancel_batch(request.path_params["batch_id"], correlation_id=request_id(request))
+    row = await api(request).ops.cancel_batch(request.path_params["id"], correlation_id=request_id(request))
     return _json(_detail(row, BatchCancelled))
 
 
 async def retry(request: Request) -> Response:
     """POST /batches/{id}/retry: its failed jobs go back to their queues."""
-    row = await api(request).ops.retry_batch(request.path_params["batch_id"], correlation_id=request_id(request))
+    row = await api(request).ops.retry_batch(request.path_params["id"], correlation_id=request_id(request))
     return _json(_detail(row, BatchRetried))
 
 
 async def seal(request: Request) -> Response:
     """POST /batches/{id}/seal: no more jobs join it; it completes once they have ended."""
-    return _json(_detail(await api(request).ops.seal_batch(request.path_params["batch_id"])))
+    return _json(_detail(await api(request).ops.seal_batch(request.path_params["id"])))

@@ -74,7 +74,10 @@ QUEUE = {"name": "name", "in": "path", "required": True, "description": "Queue n
          "schema": {"type": "string", "pattern": QUEUE_RE.pattern}}
 SCHEDULE = {"name": "name", "in": "path", "required": True, "description": "Schedule name",
             "schema": {"type": "string", "pattern": TASK_RE.pattern}}
-BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+# Named `id`, not `batch_id`: a job's batch_id (null for most jobs) is not a link to a batch.
+BATCH_ID = {"name": "id", "in": "path", "required": True,
+            "schema": {"type": "string", "format": "uuid",
+                       "pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"}}
 PRINTABLE_255 = r"^[!-~]([ -~]{0,253}[!-~])?$"
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "A repeat with the same job returns that job (200); a different job 409. Same as "
@@ -132,18 +135,18 @@ ROUTES: list[Op] = [
        params=[q("state", "Only this state", {"type": "string", "enum": list(BATCH_STATES)}),
                q("limit", "Page size (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
                q("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"})]),
-    Op("get", "/batches/{batch_id}", "A batch: counts, percent, state, times and its completion job",
+    Op("get", "/batches/{id}", "A batch: counts, percent, state, times and its completion job",
        {200: (s.BatchDetail, "The batch")}, [401, 404, 422, 503], params=[BATCH_ID]),
-    Op("get", "/batches/{batch_id}/jobs", "A batch's jobs, newest first", {200: (s.JobPage, "A page of jobs")},
+    Op("get", "/batches/{id}/jobs", "A batch's jobs, newest first", {200: (s.JobPage, "A page of jobs")},
        [401, 404, 422, 503],
        params=[BATCH_ID, q("state", "Only this state", {"type": "string", "enum": list(STATES)}),
                q("limit", "Page size (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
                q("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"})]),
-    Op("post", "/batches/{batch_id}/cancel", "Cancel a batch's queued and running jobs, and seal it",
+    Op("post", "/batches/{id}/cancel", "Cancel a batch's queued and running jobs, and seal it",
        {200: (s.BatchCancelled, "Cancelled")}, [401, 404, 422, 503], params=[BATCH_ID]),
-    Op("post", "/batches/{batch_id}/retry", "Put a batch's failed jobs back in their queues",
+    Op("post", "/batches/{id}/retry", "Put a batch's failed jobs back in their queues",
        {200: (s.BatchRetried, "Retried")}, [401, 404, 422, 503], params=[BATCH_ID]),
-    Op("post", "/batches/{batch_id}/seal", "Seal an open batch: no more jobs join it; it completes when they end",
+    Op("post", "/batches/{id}/seal", "Seal an open batch: no more jobs join it; it completes when they end",
        {200: (s.BatchDetail, "Sealed")}, [401, 404, 422, 503], params=[BATCH_ID]),
     Op("get", "/queues", "Queues in name order: counts by state, throughput, oldest waiting age",
        {200: (s.QueuePage, "A page of queues")}, [401, 422, 503],

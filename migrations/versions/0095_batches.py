@@ -1,6 +1,8 @@
 """Batches: a group of jobs with exact live counts, a final state and one completion job.
 
-skiplock.batches holds each batch's counts; three statement-level triggers on skiplock.jobs
+skiplock.batches holds each batch's counts (its queued and running jobs together as `pending`;
+the view splits them by counting its running jobs in the new partial index
+jobs_batch_running_idx); three statement-level triggers on skiplock.jobs
 (skiplock.batches_count_v1, with transition tables) keep them equal to its jobs' states in the
 statement that changes the jobs, and end the batch with its completion job in the transaction
 that ends its last job. Functions open_batch, seal_batch, cancel_batch, retry_batch and the view
@@ -28,14 +30,18 @@ UPGRADE = r"""
 -- is only labelled with it (as before batches existed); a sealed batch takes no new jobs.
 -- The counts change in the statement that changes the jobs (skiplock.batches_count_v1), once
 -- per batch per statement, so they always equal a count of the batch's jobs by state; pruning
--- its finished jobs leaves them as they were. on_complete is the completion job (task, args,
--- queue, priority, max_attempts, timeout; what is left out comes from skiplock.tasks).
+-- its finished jobs leaves them as they were. `pending` counts its queued and running jobs
+-- together: a claim (queued -> running) and a job put back (rescue, release, retry after
+-- backoff) leave the row alone, so a worker's claims never wait on its acknowledgements for
+-- this row. How many of them run is counted where they are (jobs_batch_running_idx, at most
+-- the workers' concurrency): skiplock.batch_progress shows queued and running, exact in one
+-- snapshot. on_complete is the completion job (task, args, queue, priority, max_attempts,
+-- timeout; what is left out comes from skiplock.tasks).
 CREATE TABLE skiplock.batches (
     id                uuid        NOT NULL DEFAULT skiplock.uuid_v7(),
     state             text        NOT NULL DEFAULT 'open',
     total             integer     NOT NULL DEFAULT 0,
-    queued            integer     NOT NULL DEFAULT 0,
-    running           integer     NOT NULL DEFAULT 0,
+    pending           integer     NOT NULL DEFAULT 0,
     succeeded         integer     NOT NULL DEFAULT 0,
     failed            integer     NOT NULL DEFAULT 0,
     cancelled         integer     NOT NULL DEFAULT 0,
@@ -49,8 +55,8 @@ CREATE TABLE skiplock.batches (
     CONSTRAINT batches_pkey PRIMARY KEY (id),
     CONSTRAINT batches_state_name CHECK (state IN ('open', 'active', 'succeeded', 'failed', 'cancelled')),
     -- The counts can never drift apart unnoticed: a statement that would break this fails.
-    CONSTRAINT batches_counts CHECK (queued >= 0 AND running >= 0 AND succeeded >= 0 AND failed >= 0
-                                     AND cancelled >= 0 AND total = queued + running + succeeded + failed + cancelled),
+    CONSTRAINT batches_counts CHECK (pending >= 0 AND succeeded >= 0 AND failed >= 0 AND cancelled >= 0
+                                     AND total = pending + succeeded + failed + cancelled),
     -- The completion job is inserted by the statement that ends the last job: it must not fail.
     CONSTRAINT batches_on_complete_valid CHECK (on_complete IS NULL OR (
         jsonb_typeof(on_complete) = 'object'
@@ -66,7 +72,8 @@ CREATE TABLE skiplock.batches (
 );
 ALTER TABLE skiplock.batches SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.0,
                                   autovacuum_vacuum_threshold = 200);
-CREATE INDEX batches_unfinished_idx ON skiplock.batches (id) WHERE finished_at IS NULL;
+-- The running jobs of each batch (skiplock.batch_progress); jobs of no batch are not in it.
+CREATE INDEX jobs_batch_running_idx ON skiplock.jobs (batch_id) WHERE state = 'running' AND batch_id IS NOT NULL;
 
 -- Inserts the completion job of a batch that just reached its final state, in the same
 -- transaction: its arguments are on_complete's with "batch" set to the batch's id, state and
@@ -104,87 +111,88 @@ $$;
 -- Keeps every batch's counts equal to its jobs' states, in the statement that changes them:
 -- each job a statement inserts, changes or deletes counts -1 in its old (batch, state) and +1
 -- in its new one, summed per batch, so the batch's row is updated once per statement (not per
--- job) and only when a count changes (a lease renewal changes none). Deleting a finished job
--- (pruning) keeps the counts; deleting a queued one takes it out of its batch.
+-- job) and only when a count changes: not for a claim, a job put back in its queue or a lease
+-- renewal (queued and running are both `pending`). Deleting a finished job (pruning) keeps
+-- the counts; deleting an unfinished one takes it out of its batch.
 -- Under READ COMMITTED, an UPDATE that waited for another transaction's lock on the batch row
 -- recomputes from the version that transaction committed, so exactly one transaction sees the
--- last unfinished job end: that one sets the final state and inserts the completion job. Rows
--- of several batches are locked in id order first, so two statements cannot deadlock on them.
+-- last pending job end: that one sets the final state and inserts the completion job. Rows of
+-- several batches are locked in id order first, so two statements cannot deadlock on them.
 -- A statement that touches no batch job returns after one pass over its transition tables.
 CREATE FUNCTION skiplock.batches_count_v1() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
   ids uuid[];
-  dq integer[];
-  dr integer[];
+  dp integer[];
   ds integer[];
   df integer[];
   dc integer[];
+  started uuid[];
   r record;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     SELECT array_agg(c.batch_id ORDER BY c.batch_id), array_agg(c.n ORDER BY c.batch_id)
-      INTO ids, dq
+      INTO ids, dp
       FROM (SELECT n.batch_id, count(*)::integer AS n FROM new_jobs n WHERE n.batch_id IS NOT NULL
              GROUP BY n.batch_id) c;
-    IF ids IS NULL THEN
-      RETURN NULL;
+  ELSIF TG_OP = 'UPDATE' THEN
+    SELECT array_agg(c.batch_id ORDER BY c.batch_id) FILTER (WHERE (c.p, c.s, c.f, c.c) <> (0, 0, 0, 0)),
+           array_agg(c.p ORDER BY c.batch_id) FILTER (WHERE (c.p, c.s, c.f, c.c) <> (0, 0, 0, 0)),
+           array_agg(c.s ORDER BY c.batch_id) FILTER (WHERE (c.p, c.s, c.f, c.c) <> (0, 0, 0, 0)),
+           array_agg(c.f ORDER BY c.batch_id) FILTER (WHERE (c.p, c.s, c.f, c.c) <> (0, 0, 0, 0)),
+           array_agg(c.c ORDER BY c.batch_id) FILTER (WHERE (c.p, c.s, c.f, c.c) <> (0, 0, 0, 0)),
+           array_agg(c.batch_id) FILTER (WHERE c.runs)
+      INTO ids, dp, ds, df, dc, started
+      FROM (SELECT m.batch_id,
+                   coalesce(sum(m.n) FILTER (WHERE m.state NOT IN ('succeeded', 'failed', 'cancelled')), 0)::integer AS p,
+                   coalesce(sum(m.n) FILTER (WHERE m.state = 'succeeded'), 0)::integer AS s,
+                   coalesce(sum(m.n) FILTER (WHERE m.state = 'failed'), 0)::integer AS f,
+                   coalesce(sum(m.n) FILTER (WHERE m.state = 'cancelled'), 0)::integer AS c,
+                   bool_or(m.n = 1 AND m.state = 'running') AS runs
+              FROM (SELECT o.batch_id, o.state, -1 AS n FROM old_jobs o WHERE o.batch_id IS NOT NULL
+                    UNION ALL
+                    SELECT n.batch_id, n.state, 1 FROM new_jobs n WHERE n.batch_id IS NOT NULL) m
+             GROUP BY m.batch_id) c;
+    -- A batch's first claim sets started_at; later ones find it set and write nothing.
+    IF started IS NOT NULL THEN
+      UPDATE skiplock.batches b SET started_at = now() WHERE b.id = ANY (started) AND b.started_at IS NULL;
     END IF;
-    dr := array_fill(0, ARRAY[cardinality(ids)]);
-    ds := dr; df := dr; dc := dr;
-  ELSE
-    IF TG_OP = 'UPDATE' THEN
-      SELECT array_agg(c.batch_id ORDER BY c.batch_id), array_agg(c.q ORDER BY c.batch_id),
-             array_agg(c.r ORDER BY c.batch_id), array_agg(c.s ORDER BY c.batch_id),
-             array_agg(c.f ORDER BY c.batch_id), array_agg(c.c ORDER BY c.batch_id)
-        INTO ids, dq, dr, ds, df, dc
-        FROM (SELECT m.batch_id,
-                     coalesce(sum(m.n) FILTER (WHERE m.state = 'queued'), 0)::integer AS q,
-                     coalesce(sum(m.n) FILTER (WHERE m.state = 'running'), 0)::integer AS r,
-                     coalesce(sum(m.n) FILTER (WHERE m.state = 'succeeded'), 0)::integer AS s,
-                     coalesce(sum(m.n) FILTER (WHERE m.state = 'failed'), 0)::integer AS f,
-                     coalesce(sum(m.n) FILTER (WHERE m.state = 'cancelled'), 0)::integer AS c
-                FROM (SELECT o.batch_id, o.state, -1 AS n FROM old_jobs o WHERE o.batch_id IS NOT NULL
-                      UNION ALL
-                      SELECT n.batch_id, n.state, 1 FROM new_jobs n WHERE n.batch_id IS NOT NULL) m
-               GROUP BY m.batch_id) c
-       WHERE (c.q, c.r, c.s, c.f, c.c) <> (0, 0, 0, 0, 0);
-    ELSE  -- DELETE
-      SELECT array_agg(c.batch_id ORDER BY c.batch_id), array_agg(c.q ORDER BY c.batch_id)
-        INTO ids, dq
-        FROM (SELECT o.batch_id, -count(*)::integer AS q FROM old_jobs o
-               WHERE o.batch_id IS NOT NULL AND o.state = 'queued' GROUP BY o.batch_id) c;
-    END IF;
-    IF ids IS NULL THEN
-      RETURN NULL;
-    END IF;
-    IF TG_OP = 'DELETE' THEN
-      dr := array_fill(0, ARRAY[cardinality(ids)]);
-      ds := dr; df := dr; dc := dr;
-    END IF;
+  ELSE  -- DELETE
+    SELECT array_agg(c.batch_id ORDER BY c.batch_id), array_agg(c.p ORDER BY c.batch_id)
+      INTO ids, dp
+      FROM (SELECT o.batch_id, -count(*)::integer AS p FROM old_jobs o
+             WHERE o.batch_id IS NOT NULL AND o.state NOT IN ('succeeded', 'failed', 'cancelled')
+             GROUP BY o.batch_id) c;
+  END IF;
+  IF ids IS NULL THEN
+    RETURN NULL;
+  END IF;
+  IF TG_OP <> 'UPDATE' THEN
+    ds := array_fill(0, ARRAY[cardinality(ids)]);
+    df := ds;
+    dc := ds;
   END IF;
   IF cardinality(ids) > 1 THEN
     PERFORM 1 FROM skiplock.batches b WHERE b.id = ANY (ids) ORDER BY b.id FOR NO KEY UPDATE;
   END IF;
   FOR r IN
     UPDATE skiplock.batches b
-       SET total = b.total + d.q + d.r + d.s + d.f + d.c,
-           queued = b.queued + d.q, running = b.running + d.r, succeeded = b.succeeded + d.s,
-           failed = b.failed + d.f, cancelled = b.cancelled + d.c,
+       SET total = b.total + d.p + d.s + d.f + d.c,
+           pending = b.pending + d.p, succeeded = b.succeeded + d.s, failed = b.failed + d.f,
+           cancelled = b.cancelled + d.c,
            state = CASE WHEN b.state = 'open' THEN 'open'
-                        WHEN b.queued + d.q + b.running + d.r > 0 THEN 'active'  -- (re)opened by a retry
-                        WHEN b.state <> 'active' THEN b.state                     -- final already
+                        WHEN b.pending + d.p > 0 THEN 'active'  -- (re)opened by a retry
+                        WHEN b.state <> 'active' THEN b.state   -- final already
                         WHEN b.cancelled + d.c > 0 THEN 'cancelled'
                         WHEN b.failed + d.f > 0 THEN 'failed'
                         ELSE 'succeeded' END,
-           started_at = CASE WHEN d.r > 0 THEN coalesce(b.started_at, now()) ELSE b.started_at END,
-           finished_at = CASE WHEN b.state = 'open' OR b.queued + d.q + b.running + d.r > 0 THEN NULL
+           finished_at = CASE WHEN b.state = 'open' OR b.pending + d.p > 0 THEN NULL
                               ELSE coalesce(b.finished_at, now()) END
-      FROM unnest(ids, dq, dr, ds, df, dc) AS d(id, q, r, s, f, c)
+      FROM unnest(ids, dp, ds, df, dc) AS d(id, p, s, f, c)
      WHERE b.id = d.id
-    RETURNING b.id, b.state, d.q + d.r + d.s + d.f + d.c > 0 AND TG_OP <> 'DELETE' AS entered,
-              -- final now, and this statement ended its last unfinished jobs
-              b.state IN ('succeeded', 'failed', 'cancelled') AND d.q + d.r < 0 AS completed
+    RETURNING b.id, b.state, d.p + d.s + d.f + d.c > 0 AS entered,
+              -- final now, and this statement ended its last pending jobs
+              b.state IN ('succeeded', 'failed', 'cancelled') AND d.p < 0 AS completed
   LOOP
     IF r.entered AND r.state <> 'open' THEN
       RAISE EXCEPTION 'skiplock: batch % is sealed (%); it takes no new jobs', r.id, r.state
@@ -236,10 +244,10 @@ DECLARE
   s text;
 BEGIN
   UPDATE skiplock.batches b
-     SET state = CASE WHEN b.queued + b.running > 0 THEN 'active' WHEN b.cancelled > 0 THEN 'cancelled'
+     SET state = CASE WHEN b.pending > 0 THEN 'active' WHEN b.cancelled > 0 THEN 'cancelled'
                       WHEN b.failed > 0 THEN 'failed' ELSE 'succeeded' END,
          sealed_at = now(),
-         finished_at = CASE WHEN b.queued + b.running > 0 THEN NULL ELSE now() END
+         finished_at = CASE WHEN b.pending > 0 THEN NULL ELSE now() END
    WHERE b.id = seal_batch.batch_id AND b.state = 'open'
   RETURNING b.state INTO s;
   IF FOUND THEN
@@ -316,16 +324,19 @@ BEGIN
 END
 $$;
 
--- Batches with their progress: percent is the share of jobs finished (succeeded, failed or
+-- Batches with their progress: queued and running split `pending` by counting its running jobs
+-- (jobs_batch_running_idx), percent is the share of jobs finished (succeeded, failed or
 -- cancelled), and the completion job's state once it exists.
 CREATE VIEW skiplock.batch_progress AS
-SELECT b.id, b.state, b.total, b.queued, b.running, b.succeeded, b.failed, b.cancelled,
+SELECT b.id, b.state, b.total, b.pending - r.running AS queued, r.running, b.succeeded, b.failed, b.cancelled,
        CASE WHEN b.total = 0 THEN CASE WHEN b.finished_at IS NOT NULL THEN 100 ELSE 0 END
             ELSE floor(1000.0 * (b.succeeded + b.failed + b.cancelled) / b.total) / 10
        END::double precision AS percent,
        b.on_complete->>'task' AS on_complete_task, b.completion_job_id, c.state AS completion_job_state,
        b.created_at, b.sealed_at, b.started_at, b.finished_at
   FROM skiplock.batches b
+ CROSS JOIN LATERAL (SELECT count(*)::integer AS running FROM skiplock.jobs j
+                      WHERE j.batch_id = b.id AND j.state = 'running' AND b.pending > 0) r
   LEFT JOIN skiplock.jobs c ON c.id = b.completion_job_id;
 """
 
@@ -340,6 +351,7 @@ DROP FUNCTION skiplock.seal_batch(uuid);
 DROP FUNCTION skiplock.open_batch(text, jsonb, text, text, integer, double precision);
 DROP FUNCTION skiplock.batches_count_v1();
 DROP FUNCTION skiplock.batch_complete_v1(uuid);
+DROP INDEX skiplock.jobs_batch_running_idx;
 DROP TABLE skiplock.batches;
 """
 

@@ -5,6 +5,7 @@ hand-made SQL), and the completion job enqueued once, in the transaction that en
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ def counts(c: psycopg.Connection[Any], batch: uuid.UUID) -> tuple[dict[str, int]
     """(the batch's counts, its jobs counted by state), read in one snapshot."""
     with c.transaction():
         c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        row = c.execute("SELECT * FROM skiplock.batches WHERE id = %s", (batch,)).fetchone()
+        row = c.execute("SELECT * FROM skiplock.batch_progress WHERE id = %s", (batch,)).fetchone()
         by_state = {r["state"]: r["n"] for r in c.execute(
             "SELECT state::text, count(*) AS n FROM skiplock.jobs WHERE batch_id = %s GROUP BY 1", (batch,))}
     assert row is not None
@@ -213,3 +214,25 @@ def test_operations_cancel_running_and_queued_jobs_then_retry_failed_ones(db_url
         ops_run(db_url, lambda o: o.batch_jobs(uuid.uuid4()))
     with pytest.raises(InvalidInput):
         ops_run(db_url, lambda o: o.list_batches(state="done"))
+
+
+def test_cli_lists_shows_cancels_and_retries_batches(db_url, conn, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    from app import cli
+
+    b = make_batch(db_url, 3, max_attempts=1)
+    finish(conn, "w", claim(conn, "w", 1), "failed", "no")
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    assert cli.main(["batch", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(b) in out and "active" in out and "33.3" in out
+    assert cli.main(["batch", "cancel", str(b)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["cancelled_now"]) == ("cancelled", 2)
+    assert cli.main(["batch", "retry", str(b)]) == 0
+    assert json.loads(capsys.readouterr().out)["retried_now"] == 1
+    assert cli.main(["batch", "show", str(b)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["state"], shown["queued"], shown["completion_job"]["task"]) == ("active", 1, "batch_done")
+    assert cli.main(["batch", "show", str(uuid.uuid4())]) == 2
+    assert "no batch" in capsys.readouterr().err

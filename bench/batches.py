@@ -1,0 +1,87 @@
+"""Batches: what keeping a batch's counts costs. The same drain and the same bulk submission
+with and without a batch, alternating (plain, batch, plain, batch, ...) so that drift in the
+machine's speed hits both alike; medians."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from skiplock import JobSpec, enqueue_batch, enqueue_many
+
+from . import tasks as _tasks  # noqa: F401 - registers the bench's task handlers
+from .env import Server, execute, median, sample_drain, scalar, skiplock_worker, stop
+from .ours import DONE
+
+
+def load(url: str, n: int, *, batch: bool) -> None:
+    """Queue `n` no-op jobs in one INSERT … SELECT, in one sealed batch when `batch`, then
+    VACUUM ANALYZE (as bench.ours.load)."""
+    if batch:
+        execute(url, "WITH quiet AS (SELECT set_config('skiplock.notify', 'deferred', true)), "
+                     "b AS (INSERT INTO skiplock.batches DEFAULT VALUES RETURNING id) "
+                     "INSERT INTO skiplock.jobs (task, queue, priority, batch_id) "
+                     f"SELECT 'noop', 'default', 1, b.id FROM generate_series(1, {int(n)}) g, quiet, b",
+                "SELECT skiplock.seal_batch(id) FROM skiplock.batches",
+                "VACUUM ANALYZE skiplock.jobs", "VACUUM ANALYZE skiplock.job_history",
+                "VACUUM ANALYZE skiplock.batches")
+    else:
+        execute(url, "WITH quiet AS (SELECT set_config('skiplock.notify', 'deferred', true)) "
+                     "INSERT INTO skiplock.jobs (task, queue, priority) "
+                     f"SELECT 'noop', 'default', 1 FROM generate_series(1, {int(n)}) g, quiet",
+                "VACUUM ANALYZE skiplock.jobs", "VACUUM ANALYZE skiplock.job_history")
+
+
+def drain_once(server: Server, logdir: Path, n: int, *, concurrency: int, batch: bool) -> float:
+    name = f"bdrain{n}{'b' if batch else 'p'}"
+    with server.database(name) as url:
+        load(url, n, batch=batch)
+        proc = skiplock_worker(url, logdir / f"{name}.log", concurrency=concurrency)
+        try:
+            d = sample_drain(url, DONE, n, [proc])
+        finally:
+            stop(proc)
+        if batch:
+            state = scalar(url, "SELECT state || ' ' || succeeded FROM skiplock.batches")
+            if state != f"succeeded {n}":
+                raise RuntimeError(f"the batch ended as {state!r}, not 'succeeded {n}'")
+        return d.rate()
+
+
+def drain(server: Server, logdir: Path, n: int, *, concurrency: int, rounds: int) -> dict[str, Any]:
+    """Jobs/s of one burst worker draining `n` queued jobs, plain and in one batch."""
+    plain: list[float] = []
+    batched: list[float] = []
+    for _ in range(rounds):
+        plain.append(drain_once(server, logdir, n, concurrency=concurrency, batch=False))
+        batched.append(drain_once(server, logdir, n, concurrency=concurrency, batch=True))
+    return {"jobs": n, "concurrency": concurrency, "plain": median(plain), "batch": median(batched),
+            "plain_runs": [round(x) for x in plain], "batch_runs": [round(x) for x in batched]}
+
+
+def submit(url: str, n: int, *, rounds: int) -> dict[str, Any]:
+    """Jobs/s of one call submitting `n` jobs: `enqueue_many` vs `enqueue_batch` (one
+    transaction each, autocommit connection)."""
+    async def go() -> dict[str, Any]:
+        plain: list[float] = []
+        batched: list[float] = []
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
+            await enqueue_many(c, [JobSpec("noop") for _ in range(100)])  # warm
+            await enqueue_batch(c, [JobSpec("noop") for _ in range(100)])
+            for _ in range(rounds):
+                specs = [JobSpec("noop") for _ in range(n)]
+                t = time.perf_counter()
+                await enqueue_many(c, specs)
+                plain.append(n / (time.perf_counter() - t))
+                specs = [JobSpec("noop") for _ in range(n)]
+                t = time.perf_counter()
+                await enqueue_batch(c, specs, on_complete=None)
+                batched.append(n / (time.perf_counter() - t))
+        return {"jobs": n, "plain": median(plain), "batch": median(batched),
+                "plain_runs": [round(x) for x in plain], "batch_runs": [round(x) for x in batched]}
+
+    return asyncio.run(go())
