@@ -399,5 +399,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "queue": cmd_queue, "schedule": cmd_schedule, "batch": cmd_batch, "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
+    "queue": cmd_queue, "schedule": cmd_schedule, "batch": cmd_batch, "url": cmd_url, "stop-db": cmd_stop_db,
+    "health": cmd_health,
 }

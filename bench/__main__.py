@@ -169,8 +169,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, "
-                   "latency, latency_floor, isolation, backlog, queues, batches, memory), beside the floor; results.json is "
-                   "not written")
+                   "latency, latency_floor, isolation, backlog, queues, batches, memory), beside the floor; "
+                   "results.json is not written")
     args = p.parse_args()
     if args.only:
         ONLY.update(x.strip() for x in args.only.split(",") if x.strip())

@@ -144,7 +144,8 @@ BEGIN
            array_agg(c.batch_id) FILTER (WHERE c.runs)
       INTO ids, dp, ds, df, dc, started
       FROM (SELECT m.batch_id,
-                   coalesce(sum(m.n) FILTER (WHERE m.state NOT IN ('succeeded', 'failed', 'cancelled')), 0)::integer AS p,
+                   coalesce(sum(m.n) FILTER (WHERE m.state NOT IN ('succeeded', 'failed', 'cancelled')),
+                            0)::integer AS p,
                    coalesce(sum(m.n) FILTER (WHERE m.state = 'succeeded'), 0)::integer AS s,
                    coalesce(sum(m.n) FILTER (WHERE m.state = 'failed'), 0)::integer AS f,
                    coalesce(sum(m.n) FILTER (WHERE m.state = 'cancelled'), 0)::integer AS c,
@@ -230,7 +231,8 @@ LANGUAGE sql AS $$
   INSERT INTO skiplock.batches (on_complete)
   SELECT CASE WHEN on_complete_task IS NOT NULL THEN jsonb_strip_nulls(jsonb_build_object(
            'task', on_complete_task, 'args', coalesce(on_complete_args, '{}'::jsonb), 'queue', on_complete_queue,
-           'priority', CASE WHEN on_complete_priority IS NOT NULL THEN skiplock.priority_value(on_complete_priority) END,
+           'priority', CASE WHEN on_complete_priority IS NOT NULL
+                            THEN skiplock.priority_value(on_complete_priority) END,
            'max_attempts', on_complete_max_attempts, 'timeout', on_complete_timeout)) END
   RETURNING id
 $$;

@@ -53,7 +53,8 @@ def finish(c: psycopg.Connection[Any], worker: str, jobs: list[Any], state: str,
         "run_ats": None, "checkpoints": None, "progresses": None, "now": None}).fetchall()
 
 
-def make_batch(db_url: str, n: int, *, seal: bool = True, on_complete: JobSpec | None = JobSpec("batch_done", queue="reports"),
+def make_batch(db_url: str, n: int, *, seal: bool = True,
+               on_complete: JobSpec | None = JobSpec("batch_done", queue="reports"),
                **job: Any) -> uuid.UUID:
     async def go() -> uuid.UUID:
         async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as c:
@@ -106,8 +107,8 @@ def test_counts_follow_every_path_and_the_completion_job_gets_the_final_counts(d
     assert (final["state"], final["percent"], ended["queued"] + ended["running"]) == ("failed", 100.0, 0)
     [done] = completion_jobs(conn, b)
     assert final["completion_job_id"] == done["id"]
-    assert done["args"] == {"message": "done", "batch": {"id": str(b), "state": "failed", "total": 10,
-                                                          **{k: ended[k] for k in ("succeeded", "failed", "cancelled")}}}
+    outcome = {k: ended[k] for k in ("succeeded", "failed", "cancelled")}
+    assert done["args"] == {"message": "done", "batch": {"id": str(b), "state": "failed", "total": 10, **outcome}}
     assert done["batch_id"] is None and done["state"] == "queued"
 
 
@@ -158,7 +159,8 @@ def test_a_sealed_batch_refuses_jobs_and_a_batch_id_naming_no_batch_stays_a_labe
                 await enqueue_batch(c, [JobSpec("echo", {"message": "k"}, idempotency_key="k")])
             assert e.value.field == "idempotency_key"
             with pytest.raises(InvalidInput) as e:
-                await enqueue_batch(c, [JobSpec("echo", {"message": "x"})], on_complete=JobSpec("batch_done", {"message": 5}))
+                await enqueue_batch(c, [JobSpec("echo", {"message": "x"})],
+                                    on_complete=JobSpec("batch_done", {"message": 5}))
             assert e.value.field == "on_complete.args.message"
     asyncio.run(go())
     assert exact(conn, b)["total"] == 2

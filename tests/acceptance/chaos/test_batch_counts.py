@@ -29,8 +29,8 @@ FAIL_EVERY = 25  # every 25th job fails its first attempt
 
 
 def create(url: str, n: int) -> uuid.UUID:
-    specs = [JobSpec("chaos.work", {"seconds": 0.001, "fail_attempts": 1 if i % FAIL_EVERY == 0 else 0,
-                                    "record_end": False}) for i in range(n)]
+    """The batch, created in one transaction; every FAIL_EVERY-th job fails its first attempt."""
+    specs = [JobSpec("chaos.flaky", {"seconds": 0.001, "fail_first": i % FAIL_EVERY == 0}) for i in range(n)]
 
     async def go() -> uuid.UUID:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
