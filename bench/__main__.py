@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         def batch_costs() -> dict[str, Any]:
             with server.database("batch_submit") as url:
                 sub = batches.submit(url, 10_000, rounds=reps + 2)
-            return {"drain": batches.drain(server, logdir, drain_n, concurrency=conc, rounds=reps), "submit": sub}
+            return {"drain": batches.drain(server, logdir, drain_n, concurrency=conc, rounds=reps), "submit": sub,
+                    "plain": batches.plain_cost(server, logdir, drain_n, concurrency=conc, rounds=reps)}
 
         step(r, "batches", batch_costs)
         step(r, "memory", lambda: ours.memory(server, logdir, n=40_000 if quick else 100_000, concurrency=100))

@@ -85,3 +85,39 @@ def submit(url: str, n: int, *, rounds: int) -> dict[str, Any]:
                 "plain_runs": [round(x) for x in plain], "batch_runs": [round(x) for x in batched]}
 
     return asyncio.run(go())
+
+
+WITHOUT_BATCHES = """
+DROP TRIGGER jobs_batch_insert ON skiplock.jobs;
+DROP TRIGGER jobs_batch_update ON skiplock.jobs;
+DROP TRIGGER jobs_batch_delete ON skiplock.jobs;
+DROP INDEX skiplock.jobs_batch_running_idx;
+"""
+"""What batches add to every job's path: without it, the schema is what it was before them."""
+
+
+def plain_cost(server: Server, logdir: Path, n: int, *, concurrency: int, rounds: int) -> dict[str, Any]:
+    """Jobs of no batch, on the schema as it is and on the same schema without what batches
+    add (their triggers and index): one worker's drain, and the engine's own statements alone
+    (claim_batch + finish_many_if_held, insert_jobs 10,000 per statement)."""
+    from . import floor
+
+    out: dict[str, list[float]] = {k: [] for k in ("drain_with", "drain_without", "claim_ack_with",
+                                                   "claim_ack_without", "insert_with", "insert_without")}
+    for _ in range(rounds):
+        for variant in ("without", "with"):
+            name = f"plain{n}{variant}"
+            with server.database(name) as url:
+                if variant == "without":
+                    execute(url, WITHOUT_BATCHES)
+                out[f"claim_ack_{variant}"].append(floor.schema_claim_ack(url, n))
+                out[f"insert_{variant}"].append(floor.schema_insert_batch(url, n))
+                execute(url, "TRUNCATE skiplock.jobs, skiplock.job_history")
+                load(url, n, batch=False)
+                proc = skiplock_worker(url, logdir / f"{name}.log", concurrency=concurrency)
+                try:
+                    out[f"drain_{variant}"].append(sample_drain(url, DONE, n, [proc]).rate())
+                finally:
+                    stop(proc)
+    return {"jobs": n, **{k: median(v) for k, v in out.items()}, "runs": {k: [round(x) for x in v]
+                                                                          for k, v in out.items()}}
