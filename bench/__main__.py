@@ -130,8 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         step(r, "queues", queues)
         def batch_costs() -> dict[str, Any]:
             with server.database("batch_submit") as url:
-                sub = batches.submit(url, 10_000, rounds=reps + 2)
-            return {"drain": batches.drain(server, logdir, drain_n, concurrency=conc, rounds=reps), "submit": sub,
+                sub = batches.submit(url, 10_000, rounds=2 * reps + 1)
+            return {"drain": batches.drain(server, logdir, drain_n, concurrency=conc, rounds=2 * reps), "submit": sub,
                     "plain": batches.plain_cost(server, logdir, drain_n, concurrency=conc, rounds=reps)}
 
         step(r, "batches", batch_costs)

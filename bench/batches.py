@@ -1,6 +1,6 @@
 """Batches: what keeping a batch's counts costs. The same drain and the same bulk submission
-with and without a batch, alternating (plain, batch, plain, batch, ...) so that drift in the
-machine's speed hits both alike; medians."""
+with and without a batch, alternating in ABBA order (plain, batch, batch, plain, ...) so that
+drift in the machine's speed hits both alike; medians."""
 
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ def drain(server: Server, logdir: Path, n: int, *, concurrency: int, rounds: int
     """Jobs/s of one burst worker draining `n` queued jobs, plain and in one batch."""
     plain: list[float] = []
     batched: list[float] = []
-    for _ in range(rounds):
-        plain.append(drain_once(server, logdir, n, concurrency=concurrency, batch=False))
-        batched.append(drain_once(server, logdir, n, concurrency=concurrency, batch=True))
+    for i in range(rounds):
+        for batch in ((False, True) if i % 2 == 0 else (True, False)):
+            (batched if batch else plain).append(drain_once(server, logdir, n, concurrency=concurrency,
+                                                            batch=batch))
     return {"jobs": n, "concurrency": concurrency, "plain": median(plain), "batch": median(batched),
             "plain_runs": [round(x) for x in plain], "batch_runs": [round(x) for x in batched]}
 
@@ -72,15 +73,15 @@ def submit(url: str, n: int, *, rounds: int) -> dict[str, Any]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as c:
             await enqueue_many(c, [JobSpec("noop") for _ in range(100)])  # warm
             await enqueue_batch(c, [JobSpec("noop") for _ in range(100)])
-            for _ in range(rounds):
-                specs = [JobSpec("noop") for _ in range(n)]
-                t = time.perf_counter()
-                await enqueue_many(c, specs)
-                plain.append(n / (time.perf_counter() - t))
-                specs = [JobSpec("noop") for _ in range(n)]
-                t = time.perf_counter()
-                await enqueue_batch(c, specs, on_complete=None)
-                batched.append(n / (time.perf_counter() - t))
+            for i in range(rounds):
+                for batch in ((False, True) if i % 2 == 0 else (True, False)):
+                    specs = [JobSpec("noop") for _ in range(n)]
+                    t = time.perf_counter()
+                    if batch:
+                        await enqueue_batch(c, specs)
+                    else:
+                        await enqueue_many(c, specs)
+                    (batched if batch else plain).append(n / (time.perf_counter() - t))
         return {"jobs": n, "plain": median(plain), "batch": median(batched),
                 "plain_runs": [round(x) for x in plain], "batch_runs": [round(x) for x in batched]}
 
@@ -104,8 +105,8 @@ def plain_cost(server: Server, logdir: Path, n: int, *, concurrency: int, rounds
 
     out: dict[str, list[float]] = {k: [] for k in ("drain_with", "drain_without", "claim_ack_with",
                                                    "claim_ack_without", "insert_with", "insert_without")}
-    for _ in range(rounds):
-        for variant in ("without", "with"):
+    for i in range(rounds):
+        for variant in (("without", "with") if i % 2 == 0 else ("with", "without")):
             name = f"plain{n}{variant}"
             with server.database(name) as url:
                 if variant == "without":
