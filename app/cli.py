@@ -78,6 +78,14 @@ def parser() -> argparse.ArgumentParser:
     for name, text in (("show", "one schedule"), ("pause", "enqueue nothing for it until resumed"),
                        ("resume", "enqueue its ticks again, from now on")):
         ssub.add_parser(name, help=text).add_argument("name")
+    ba = sub.add_parser("batch", help="batches: list, show, cancel, retry")
+    bsub = ba.add_subparsers(dest="batch_command", required=True)
+    bl = bsub.add_parser("list", help="batches, newest first, with counts and percent")
+    bl.add_argument("--state", choices=["open", "active", "succeeded", "failed", "cancelled"])
+    bl.add_argument("--limit", type=_positive_int, default=50)
+    for name, text in (("show", "one batch: counts, percent, state, times, its completion job"),
+                       ("cancel", "cancel its queued and running jobs"), ("retry", "retry its failed jobs")):
+        bsub.add_parser(name, help=text).add_argument("id")
     sub.add_parser("url", help="print the database URL in use (starts the embedded cluster if needed)")
     sub.add_parser("stop-db", help="stop the embedded PostgreSQL")
     return p
@@ -288,6 +296,24 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.batch_command == "list":
+        page = _ops(settings, lambda ops: ops.list_batches(state=args.state, limit=args.limit))
+        cols = ["id", "state", "total", "queued", "running", "succeeded", "failed", "cancelled", "percent",
+                "finished_at"]
+        table = [[_cell(r[c]) for c in cols] for r in page.batches]
+        widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(cols)]
+        for row in [cols, *table]:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+        if not page.batches:
+            print("(no batches)")
+        return 0
+    action = {"show": lambda ops: ops.get_batch(args.id), "cancel": lambda ops: ops.cancel_batch(args.id),
+              "retry": lambda ops: ops.retry_batch(args.id)}[args.batch_command]
+    _print(_ops(settings, action))
+    return 0
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -377,5 +403,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
     "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
-    "queue": cmd_queue, "schedule": cmd_schedule, "url": cmd_url, "stop-db": cmd_stop_db, "health": cmd_health,
+    "queue": cmd_queue, "schedule": cmd_schedule, "batch": cmd_batch, "url": cmd_url, "stop-db": cmd_stop_db,
+    "health": cmd_health,
 }

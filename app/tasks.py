@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, HttpUrl
 
-from skiplock import JobContext, NonRetryableError, task
+from skiplock import BatchOutcome, JobContext, NonRetryableError, task
 
 from .webhook import post_json
 
@@ -31,6 +31,12 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SLEEP)]
 async def echo(message: str) -> dict[str, str]:
     """Return the message: the smallest job there is."""
     return {"message": message}
+
+
+@task(name="batch_done")
+async def batch_done(batch: BatchOutcome, message: Annotated[str, Field(max_length=1000)] = "") -> dict[str, Any]:
+    """A completion job for batches (on_complete): returns how the batch ended."""
+    return {"message": message, "batch": batch.model_dump(mode="json")}
 
 
 @task(name="sleep", timeout=MAX_SLEEP + 60)

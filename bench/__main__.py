@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import floor, ours, peers, report
+from . import batches, floor, ours, peers, report
 from .env import ROOT, Server, median
 
 RESULTS = ROOT / "bench" / "results.json"
@@ -128,6 +128,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return {"one_queue": median(one), "many_queues": median(many)}
 
         step(r, "queues", queues)
+        def batch_costs() -> dict[str, Any]:
+            with server.database("batch_submit") as url:
+                sub = batches.submit(url, 10_000, rounds=2 * reps + 1)
+            return {"drain": batches.drain(server, logdir, drain_n, concurrency=conc, rounds=2 * reps), "submit": sub,
+                    "plain": batches.plain_cost(server, logdir, drain_n, concurrency=conc, rounds=reps)}
+
+        step(r, "batches", batch_costs)
         step(r, "memory", lambda: ours.memory(server, logdir, n=40_000 if quick else 100_000, concurrency=100))
 
         if args.peers:
@@ -163,8 +170,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, "
-                   "latency, latency_floor, isolation, backlog, queues, memory), beside the floor; results.json is "
-                   "not written")
+                   "latency, latency_floor, isolation, backlog, queues, batches, memory), beside the floor; "
+                   "results.json is not written")
     args = p.parse_args()
     if args.only:
         ONLY.update(x.strip() for x in args.only.split(",") if x.strip())

@@ -112,6 +112,16 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     qd = r.get("queues") or {}
     ratio_row("drain, 100 queues + mixed priorities vs 1 queue", qd.get("many_queues"), qd.get("one_queue"),
               "1 queue", 0.8)
+    bd, bs = _get(r, "batches", "drain") or {}, _get(r, "batches", "submit") or {}
+    ratio_row(f"drain of a {bd.get('jobs', 0):,}-job batch vs the same jobs without a batch", bd.get("batch"),
+              bd.get("plain"), "no batch", 0.8)
+    ratio_row(f"submit a {bs.get('jobs', 0):,}-job batch vs {bs.get('jobs', 0):,} jobs in bulk", bs.get("batch"),
+              bs.get("plain"), "bulk", 0.8)
+    bp = _get(r, "batches", "plain") or {}
+    for what, key in (("drain, 1 process", "drain"), ("SQL alone claim+ack", "claim_ack"),
+                      ("SQL alone insert_jobs 10,000/stmt", "insert")):
+        ratio_row(f"jobs of no batch, {what}: schema with batches vs without", bp.get(f"{key}_with"),
+                  bp.get(f"{key}_without"), "without", None)
     for kind, ref_key in (("1 job/tx", "enqueue_one"), ("bulk", "enqueue_bulk")):
         ratio_row(f"enqueue {kind} vs Procrastinate", _get(r, "enqueue", "one" if kind == "1 job/tx" else "bulk"),
                   _get(r, "procrastinate", "enqueue", ref_key), "Procrastinate", None)

@@ -9,10 +9,13 @@
 """
 
 from .backoff import Backoff
+from .batches import BATCH_STATES, Batch, BatchOutcome, enqueue_batch, open_batch, seal_batch
 from .context import JobContext
 from .cron import Schedule
 from .enqueue import Enqueued, JobSpec, enqueue, enqueue_many
 from .errors import (
+    BatchNotFound,
+    BatchSealed,
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidArguments,
@@ -27,11 +30,13 @@ from .errors import (
     UnknownTask,
 )
 from .job import PRIORITIES, STATES, uuid7
-from .ops import JobPage, Operations
+from .ops import BatchPage, JobPage, Operations
 from .runtime.worker import Worker
 from .tasks import Task, TaskRegistry, registry, schedule, task
 
 __all__ = [
+    "BATCH_STATES", "Batch", "BatchNotFound", "BatchOutcome", "BatchPage", "BatchSealed", "enqueue_batch", "open_batch",
+    "seal_batch",
     "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",
     "InvalidArguments", "InvalidInput", "InvalidTransition", "JobCancelled", "JobContext", "JobNotFound",
     "JobPage", "JobSpec", "NonRetryableError", "Operations", "QueueFull", "Schedule", "ScheduleNotFound",

@@ -87,6 +87,18 @@ class ScheduleNotFound(SkiplockError):
     code = "not_found"
 
 
+class BatchNotFound(SkiplockError):
+    """No such batch."""
+
+    code = "not_found"
+
+
+class BatchSealed(InvalidTransition):
+    """The batch is sealed: it takes no new jobs."""
+
+    code = "batch_sealed"
+
+
 class DatabaseUnavailable(SkiplockError):
     """The database is unreachable."""
 
@@ -119,6 +131,8 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_depends_on_cycle": (InvalidInput, "depends_on"),
     "jobs_depends_on_size": (InvalidInput, "depends_on"),
     "jobs_waiting_has_dependencies": (InvalidTransition, "state"),
+    "batches_sealed": (BatchSealed, "batch_id"),
+    "batches_on_complete_valid": (InvalidInput, "on_complete"),
 }
 
 # Refusals whose DETAIL is JSON to pass on as the error's details (the job at fault).

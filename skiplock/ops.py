@@ -29,10 +29,12 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from . import db, insight
+from .batches import BATCH_STATES, check_completion_json, enqueue_batch
 from .catalog import RecordedTask, WithRecorded
 from .cron import check_schedule_name, next_after
 from .enqueue import MAX_ARGS_BYTES, CheckedSpec, Enqueued, JobSpec, check_spec, enqueue_many
 from .errors import (
+    BatchNotFound,
     InvalidInput,
     JobNotFound,
     QueueFull,
@@ -44,7 +46,7 @@ from .errors import (
 )
 from .job import STATES, check_queue, check_task_name
 from .limits import QueueLimits
-from .queries import api, jobs, queues, schedules, session, workers
+from .queries import api, batches, jobs, queues, schedules, session, workers
 from .queries import tasks as tasks_q
 from .runtime.pruner import prune_finished_jobs
 from .tasks import TaskRegistry
@@ -107,6 +109,12 @@ def _at_index(exc: SkiplockError, index: int) -> None:
 @dataclass(frozen=True, slots=True)
 class JobPage:
     jobs: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPage:
+    batches: list[dict[str, Any]]
     next_cursor: str | None
 
 
@@ -416,3 +424,98 @@ class Operations:
         """Registered workers (optionally of one host) with the age of their last heartbeat."""
         async with self._conn() as conn:
             return await workers.list_workers(conn, hostname=hostname, now=now)
+
+    # -- batches ------------------------------------------------------------------------------
+    async def submit_batch(self, specs: Sequence[JobSpec], *, on_complete: JobSpec | None = None,
+                           seal: bool = True, correlation_id: str | None = None,
+                           json_args: bool = False) -> dict[str, Any]:
+        """Create a batch with its jobs in one transaction (skiplock.batches.enqueue_batch), sealed
+        unless `seal=False`; returns the batch (as get_batch) with its jobs' ids under "job_ids".
+        The rules of `submit` hold for the jobs; an error names the job's position."""
+        everything = [*specs, on_complete] if on_complete is not None else list(specs)
+        registry = await self._registry_for(everything)
+        for i, spec in enumerate(specs):
+            try:
+                t = registry.get(spec.task)
+                if json_args:
+                    t.check_json_args(spec.args)
+                check_queue(spec.queue or t.queue)
+            except SkiplockError as exc:
+                _at_index(exc, i)
+                raise
+        if on_complete is not None and json_args:
+            check_completion_json(on_complete, registry)
+        deferred = self.wakeups is not None
+        async with self._conn() as conn:
+            made = await enqueue_batch(conn, specs, on_complete=on_complete, seal=seal, registry=registry,
+                                       max_args_bytes=self.max_args_bytes, correlation_id=correlation_id,
+                                       defer_notify=deferred, limits=self.limits)
+            row = await batches.get_batch(conn, made.id)
+        if self.wakeups is not None:
+            self.wakeups.touch({j.row["queue"] for j in made.jobs if j.created})  # committed: wake workers
+        assert row is not None
+        row["job_ids"] = [j.id for j in made.jobs]
+        return row
+
+    async def get_batch(self, batch_id: str | uuid.UUID) -> dict[str, Any]:
+        """The batch's counts, percent, state, times and its completion job (the job's row under
+        "completion_job", None until the batch ends); BatchNotFound if none."""
+        bid = parse_job_id(batch_id, field="batch")
+        async with self._conn() as conn:
+            row = await batches.get_batch(conn, bid)
+            if row is None:
+                raise BatchNotFound(f"no batch {bid}", field="id")
+            cj = row["completion_job_id"]
+            row["completion_job"] = await jobs.get_job(conn, cj) if cj is not None else None
+        return row
+
+    async def list_batches(self, *, state: str | None = None, limit: int = 50,
+                           cursor: str | None = None) -> BatchPage:
+        """Newest first, a page at a time (keyset on the time-ordered id, as list_jobs)."""
+        if state is not None and state not in BATCH_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(BATCH_STATES)}", field="state", value=state)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be an integer from 1 to {MAX_PAGE}", field="limit", value=limit)
+        before = decode_cursor(cursor) if cursor is not None else None
+        async with self._conn() as conn:
+            rows = await batches.list_batches(conn, state=state, before=before, limit=limit + 1)
+        page = rows[:limit]
+        return BatchPage(page, encode_cursor(page[-1]["id"]) if len(rows) > limit else None)
+
+    async def batch_jobs(self, batch_id: str | uuid.UUID, *, state: str | None = None, limit: int = 50,
+                         cursor: str | None = None) -> JobPage:
+        """The batch's jobs, newest first (as list_jobs); BatchNotFound if no such batch."""
+        bid = parse_job_id(batch_id, field="batch")
+        async with self._conn() as conn:
+            if await batches.get_batch(conn, bid) is None:
+                raise BatchNotFound(f"no batch {bid}", field="id")
+        return await self.list_jobs(state=state, batch=bid, limit=limit, cursor=cursor)
+
+    async def seal_batch(self, batch_id: str | uuid.UUID) -> dict[str, Any]:
+        """No more jobs join the batch; it completes once its jobs have ended."""
+        return await self._batch_action(batches.seal_batch, batch_id, None, None)
+
+    async def cancel_batch(self, batch_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
+        """Cancel its queued and running jobs (their workers stop them at once) and seal it; the
+        batch, with the number cancelled under "cancelled_now"."""
+        return await self._batch_action(batches.cancel_batch, batch_id, correlation_id, "cancelled_now")
+
+    async def retry_batch(self, batch_id: str | uuid.UUID, *, correlation_id: str | None = None) -> dict[str, Any]:
+        """Put its failed jobs back in their queues (a finished batch becomes active, and
+        completes again when they end); the batch, with the number retried under "retried_now"."""
+        return await self._batch_action(batches.retry_batch, batch_id, correlation_id, "retried_now")
+
+    async def _batch_action(self, action: Callable[[db.AsyncConn, uuid.UUID], Awaitable[Any]],
+                            batch_id: str | uuid.UUID, correlation_id: str | None, key: str | None) -> dict[str, Any]:
+        bid = parse_job_id(batch_id, field="batch")
+        try:
+            async with self._conn() as conn:
+                async with conn.transaction():
+                    await session.set_correlation_id(conn, correlation_id)
+                    done = await action(conn, bid)
+        except JobNotFound:  # the function's no_data_found: no such batch
+            raise BatchNotFound(f"no batch {bid}", field="id") from None
+        row = await self.get_batch(bid)
+        if key is not None:
+            row[key] = done
+        return row

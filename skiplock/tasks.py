@@ -86,7 +86,8 @@ class Task:
             fields[p.name] = (ann, ... if p.default is p.empty else p.default)
         if len(fields) == 1:
             (only, (ann, _)), = fields.items()
-            if inspect.isclass(ann) and issubclass(ann, BaseModel):
+            # A model that says it is one argument (skiplock.BatchOutcome) is never the whole args.
+            if inspect.isclass(ann) and issubclass(ann, BaseModel) and getattr(ann, "skiplock_whole_args", True):
                 self.model, self.wraps_model, self._model_param = ann, True, only
                 return
         config = ConfigDict(extra="forbid", arbitrary_types_allowed=False)

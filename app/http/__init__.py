@@ -22,7 +22,7 @@ from skiplock.tasks import TaskRegistry
 from skiplock.tasks import registry as default_registry
 from skiplock.wakeup import Wakeups
 
-from . import access, jobs, metrics, queues, schedules, system
+from . import access, batches, jobs, metrics, queues, schedules, system
 from .auth import Guard
 from .context import ApiState
 from .errors import HANDLERS
@@ -64,6 +64,13 @@ def create_app(settings: Settings, *, registry: TaskRegistry | None = None, pool
         Route("/jobs/{job_id}", jobs.get_job, methods=["GET"]),
         Route("/jobs/{job_id}/cancel", jobs.cancel, methods=["POST"]),
         Route("/jobs/{job_id}/retry", jobs.retry, methods=["POST"]),
+        Route("/batches", batches.create, methods=["POST"]),
+        Route("/batches", batches.list_batches, methods=["GET"]),
+        Route("/batches/{id}", batches.get_batch, methods=["GET"]),
+        Route("/batches/{id}/jobs", batches.list_jobs, methods=["GET"]),
+        Route("/batches/{id}/cancel", batches.cancel, methods=["POST"]),
+        Route("/batches/{id}/retry", batches.retry, methods=["POST"]),
+        Route("/batches/{id}/seal", batches.seal, methods=["POST"]),
         Route("/queues", queues.list_queues, methods=["GET"]),
         Route("/queues/{name}", queues.set_limits, methods=["PUT"]),
         Route("/queues/{name}", queues.delete, methods=["DELETE"]),

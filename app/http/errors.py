@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from skiplock.errors import (
+    BatchNotFound,
     DatabaseUnavailable,
     IdempotencyConflict,
     InvalidInput,
@@ -50,6 +51,7 @@ STATUS: dict[type[SkiplockError], int] = {
     QueueNotFound: 404,
     QueueNotEmpty: 409,
     ScheduleNotFound: 404,
+    BatchNotFound: 404,
     DatabaseUnavailable: 503,
     Unauthorized: 401,
     PayloadTooLarge: 413,

@@ -19,6 +19,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, models_jso
 from pydantic_core import core_schema
 
 from app.settings import Settings
+from skiplock.batches import BATCH_STATES
 from skiplock.job import QUEUE_RE, STATES, TASK_RE
 from skiplock.tasks import TaskRegistry
 
@@ -33,13 +34,14 @@ ERRORS = {
     400: "A header that may appear once appears twice (Host, Authorization, Content-Length, Content-Type, "
          "Idempotency-Key, ...)",
     401: "Missing or wrong bearer token (when SKIPLOCK_API_TOKENS is set)",
-    404: "Unknown id, schedule or route",
+    404: "Unknown id (job or batch), schedule or route",
     405: "Method not allowed on this path (the Allow header lists the allowed ones)",
     403: "A state change sent from another origin (Origin or Sec-Fetch-Site: cross-site), or the token's role "
          "(read, submit, admin) may not make this request",
     408: "The request's head or body did not arrive in time (SKIPLOCK_HEADER_TIMEOUT, SKIPLOCK_BODY_TIMEOUT)",
     409: "The job's state forbids this, the idempotency key was used for a different job "
-         "(details.job_id; in a bulk also details.index), or the queue still has jobs (details.jobs)",
+         "(details.job_id; in a bulk also details.index), the queue still has jobs (details.jobs), or the "
+         "job names a sealed batch (code batch_sealed)",
     413: "Request body over the size limit (SKIPLOCK_MAX_BODY_BYTES)",
     415: "The request body is not sent as Content-Type: application/json",
     421: "The Host header names a host this server does not answer to (SKIPLOCK_ALLOWED_HOSTS)",
@@ -73,6 +75,10 @@ QUEUE = {"name": "name", "in": "path", "required": True, "description": "Queue n
          "schema": {"type": "string", "pattern": QUEUE_RE.pattern}}
 SCHEDULE = {"name": "name", "in": "path", "required": True, "description": "Schedule name",
             "schema": {"type": "string", "pattern": TASK_RE.pattern}}
+# Named `id`, not `batch_id`: a job's batch_id (null for most jobs) is not a link to a batch.
+BATCH_ID = {"name": "id", "in": "path", "required": True,
+            "schema": {"type": "string", "format": "uuid",
+                       "pattern": "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"}}
 PRINTABLE_255 = r"^[!-~]([ -~]{0,253}[!-~])?$"
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "description": "A repeat with the same job returns that job (200); a different job 409. Same as "
@@ -123,6 +129,27 @@ ROUTES: list[Op] = [
     Op("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue (or waiting again, "
        "for a job whose dependencies have not all succeeded; 409 while one is failed or cancelled)",
        {200: (s.JobOut, "Queued (or waiting) again")}, [401, 404, 409, 422, 503], params=[JOB_ID]),
+    Op("post", "/batches", "Create a batch with its jobs in one transaction, and its completion job",
+       {201: (s.BatchCreated, "Created")}, [401, 409, 413, 415, 422, 429, 503], s.BatchIn,
+       ok_headers={"Location": header("/batches/{id} of the batch")}),
+    Op("get", "/batches", "List batches, newest first, with their counts and percent",
+       {200: (s.BatchPage, "A page of batches")}, [401, 422, 503],
+       params=[q("state", "Only this state", {"type": "string", "enum": list(BATCH_STATES)}),
+               q("limit", "Page size (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
+               q("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"})]),
+    Op("get", "/batches/{id}", "A batch: counts, percent, state, times and its completion job",
+       {200: (s.BatchDetail, "The batch")}, [401, 404, 422, 503], params=[BATCH_ID]),
+    Op("get", "/batches/{id}/jobs", "A batch's jobs, newest first", {200: (s.JobPage, "A page of jobs")},
+       [401, 404, 422, 503],
+       params=[BATCH_ID, q("state", "Only this state", {"type": "string", "enum": list(STATES)}),
+               q("limit", "Page size (default 50)", {"type": "integer", "minimum": 1, "maximum": 500}),
+               q("cursor", "next_cursor of the previous page", {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"})]),
+    Op("post", "/batches/{id}/cancel", "Cancel a batch's queued and running jobs, and seal it",
+       {200: (s.BatchCancelled, "Cancelled")}, [401, 404, 422, 503], params=[BATCH_ID]),
+    Op("post", "/batches/{id}/retry", "Put a batch's failed jobs back in their queues",
+       {200: (s.BatchRetried, "Retried")}, [401, 404, 422, 503], params=[BATCH_ID]),
+    Op("post", "/batches/{id}/seal", "Seal an open batch: no more jobs join it; it completes when they end",
+       {200: (s.BatchDetail, "Sealed")}, [401, 404, 422, 503], params=[BATCH_ID]),
     Op("get", "/queues", "Queues in name order: counts by state, throughput, oldest waiting age",
        {200: (s.QueuePage, "A page of queues")}, [401, 422, 503],
        params=[q("limit", "Page size (default 100)", {"type": "integer", "minimum": 1, "maximum": 500}),
@@ -207,14 +234,15 @@ def _json_value() -> dict[str, Any]:
                       {"type": "object", "propertyNames": {"pattern": NO_NUL}, "additionalProperties": ref}]}
 
 
-def _job_variants(defs: dict[str, Any], registry: TaskRegistry, args_refs: dict[str, dict[str, Any]]) -> None:
-    """JobIn becomes one variant per registered task: `task` is that name, `args` that task's
-    argument schema (required when the task has required arguments)."""
-    base = defs.pop("JobIn")
+def _job_variants(defs: dict[str, Any], registry: TaskRegistry, args_refs: dict[str, dict[str, Any]],
+                  model: str = "JobIn") -> None:
+    """`model` (JobIn, BatchJobIn) becomes one variant per registered task: `task` is that
+    name, `args` that task's argument schema (required when the task has required arguments)."""
+    base = defs.pop(model)
     variants = []
     for t in registry:
         v = copy.deepcopy(base)
-        name = f"JobIn_{t.name}"
+        name = f"{model}_{t.name}"
         v["title"] = name
         v["properties"]["task"] = {"const": t.name, "description": "Registered task name (GET /tasks)"}
         v["properties"]["args"] = {**args_refs[t.name], "description": f"Keyword arguments of {t.name}"}
@@ -224,9 +252,39 @@ def _job_variants(defs: dict[str, Any], registry: TaskRegistry, args_refs: dict[
         variants.append({"$ref": REF.format(model=name)})
     if not variants:  # no task registered: no job can be submitted
         base["properties"]["task"] = {"not": {}}
-        defs["JobIn_none"] = base
-        variants.append({"$ref": REF.format(model="JobIn_none")})
-    defs["JobIn"] = {"title": "JobIn", "description": base.get("description", ""), "oneOf": variants}
+        defs[f"{model}_none"] = base
+        variants.append({"$ref": REF.format(model=f"{model}_none")})
+    defs[model] = {"title": model, "description": base.get("description", ""), "oneOf": variants}
+
+
+def _completion_variants(defs: dict[str, Any], registry: TaskRegistry, args_refs: dict[str, dict[str, Any]]) -> None:
+    """CompletionIn becomes one variant per registered task that takes a `batch` argument, its
+    args that task's schema without `batch` (the batch adds it when it ends)."""
+    base = defs.pop("CompletionIn")
+    variants = []
+    for t in registry:
+        args = copy.deepcopy(defs.get(args_refs[t.name]["$ref"].rsplit("/", 1)[1], {}))
+        if "batch" not in args.get("properties", {}):
+            continue
+        del args["properties"]["batch"]
+        args["required"] = [r for r in args.get("required", []) if r != "batch"]
+        if not args["required"]:
+            del args["required"]
+        args["additionalProperties"] = False
+        v = copy.deepcopy(base)
+        name = f"CompletionIn_{t.name}"
+        v["title"] = name
+        v["properties"]["task"] = {"const": t.name, "description": "A registered task taking `batch`"}
+        v["properties"]["args"] = {**args, "title": f"{t.name} args", "description": f"Keyword arguments of {t.name} "
+                                   "but batch"}
+        v["required"] = ["task", "args"] if args.get("required") else ["task"]
+        defs[name] = v
+        variants.append({"$ref": REF.format(model=name)})
+    if not variants:
+        base["properties"]["task"] = {"not": {}}
+        defs["CompletionIn_none"] = base
+        variants.append({"$ref": REF.format(model="CompletionIn_none")})
+    defs["CompletionIn"] = {"title": "CompletionIn", "description": base.get("description", ""), "oneOf": variants}
 
 
 @lru_cache(maxsize=8)
@@ -242,8 +300,13 @@ def _spec(limits: tuple[int, int, int], tasks_key: str, registry: TaskRegistry) 
                                      ref_template=REF)
     _storable_keys(req_top.get("$defs", {}))
     defs: dict[str, Any] = {**resp_top.get("$defs", {}), **req_top.get("$defs", {}), JSON_VALUE: _json_value()}
-    _job_variants(defs, registry, {name: keys[(m, "validation")] for name, m in task_models.items()})
-    for name in (n for n in defs if n.startswith("JobIn_")):
+    args_refs = {name: keys[(m, "validation")] for name, m in task_models.items()}
+    _job_variants(defs, registry, args_refs)
+    _job_variants(defs, registry, args_refs, "BatchJobIn")
+    _completion_variants(defs, registry, args_refs)
+    for name in (n for n in defs if n.startswith("CompletionIn_")):
+        defs[name]["properties"]["queue"]["anyOf"][0]["pattern"] = QUEUE_RE.pattern
+    for name in (n for n in defs if n.startswith(("JobIn_", "BatchJobIn_"))):
         props = defs[name]["properties"]
         props["queue"]["anyOf"][0]["pattern"] = QUEUE_RE.pattern
         props["run_at"]["anyOf"][0]["pattern"] = s.RFC3339.pattern  # also excludes years 1 and 9999
@@ -251,6 +314,7 @@ def _spec(limits: tuple[int, int, int], tasks_key: str, registry: TaskRegistry) 
         defs[name]["not"] = {"required": ["run_at", "delay"],
                              "properties": {"run_at": {"type": "string"}, "delay": {"type": "number"}}}
     defs["BulkIn"]["properties"]["jobs"]["maxItems"] = max_bulk
+    defs["BatchIn"]["properties"]["jobs"]["maxItems"] = max_bulk
     items = max(1, max_body // bodies.BYTES_PER_ITEM)
     limits_text = (f"Limits: body {max_body} bytes (413 above); at most {items} JSON items (values and keys) per "
                    f"body; args at most {max_args} bytes as stored (UTF-8 JSON); a bulk at most {max_bulk} jobs.")

@@ -82,7 +82,7 @@ Dependency = Annotated[Annotated[uuid.UUID, Field(strict=False)] | Annotated[int
                        BeforeValidator(_dependency)]
 
 
-class JobIn(Strict):
+class JobFields(Strict):
     """A job to submit. Unset options take the task's defaults."""
 
     task: str = Field(min_length=1, max_length=128, description="Registered task name (GET /tasks)")
@@ -93,14 +93,6 @@ class JobIn(Strict):
     delay: float | None = Field(default=None, ge=0, le=366 * 86400, description="Seconds from now")
     max_attempts: Attempts | None = None
     timeout: float | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds per attempt")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
-                                        description="Same as the Idempotency-Key header")
-    batch_id: UuidText | None = None
-    depends_on: list[Dependency] | None = Field(
-        default=None, max_length=1000,
-        description="Jobs to wait for: ids of stored jobs, or (in /jobs/bulk) indexes of jobs of the same "
-                    "request. The job stays `waiting` until all have succeeded; it is cancelled if one fails "
-                    "or is cancelled. An unknown, failed or cancelled job, or a cycle, is refused (422)")
 
     @field_validator("run_at")
     @classmethod
@@ -110,6 +102,43 @@ class JobIn(Strict):
             return None if v is None else v.astimezone(UTC)
         except OverflowError:
             raise ValueError("is out of range (years 1-9999 in UTC)") from None
+
+
+class JobIn(JobFields):
+    """A job to submit. Unset options take the task's defaults."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL,
+                                        description="Same as the Idempotency-Key header")
+    batch_id: UuidText | None = Field(default=None, description="Joins this batch while it is open (409 once "
+                                                                "sealed); an id naming no batch is only a label")
+    depends_on: list[Dependency] | None = Field(
+        default=None, max_length=1000,
+        description="Jobs to wait for: ids of stored jobs, or (in /jobs/bulk) indexes of jobs of the same "
+                    "request. The job stays `waiting` until all have succeeded; it is cancelled if one fails "
+                    "or is cancelled. An unknown, failed or cancelled job, or a cycle, is refused (422)")
+
+
+class BatchJobIn(JobFields):
+    """A job of a new batch (no idempotency key or batch_id: the batch is its own)."""
+
+
+class CompletionIn(Strict):
+    """The completion job: enqueued once when the batch ends, with `batch` ({id, state, total,
+    succeeded, failed, cancelled}) added to its args. Its task must take a `batch` argument."""
+
+    task: str = Field(min_length=1, max_length=128, description="Registered task name (GET /tasks)")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments but `batch`")
+    queue: str | None = Field(default=None, min_length=1, max_length=63)
+    priority: Priority | None = None
+    max_attempts: Attempts | None = None
+    timeout: float | None = Field(default=None, gt=0, le=7 * 86400, description="Seconds per attempt")
+
+
+class BatchIn(Strict):
+    jobs: list[BatchJobIn] = Field(default_factory=list, description="Stored with the batch in one transaction")
+    on_complete: CompletionIn | None = None
+    seal: bool = Field(default=True, description="false: the batch stays open; add jobs with POST /jobs "
+                                                 "(batch_id) and seal it with POST /batches/{id}/seal")
 
 
 class BulkIn(Strict):
@@ -172,6 +201,51 @@ class JobPage(BaseModel):
 class BulkOut(BaseModel):
     ids: list[uuid.UUID] = Field(description="The jobs' ids, in the order submitted")
     created: int = Field(description="How many were new (the rest matched an idempotency key)")
+
+
+BatchStateName = Literal["open", "active", "succeeded", "failed", "cancelled"]
+
+
+class BatchOut(BaseModel):
+    id: uuid.UUID
+    state: BatchStateName = Field(description="open: takes jobs, never completes; active: sealed, jobs left; "
+                                              "then cancelled (a job was cancelled), failed (a job failed) or "
+                                              "succeeded")
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    percent: float = Field(description="Share of its jobs finished (succeeded, failed or cancelled), 0-100")
+    on_complete_task: str | None
+    completion_job_id: uuid.UUID | None = Field(description="Enqueued in the transaction that ended the batch")
+    completion_job_state: StateName | None
+    created_at: datetime
+    sealed_at: datetime | None
+    started_at: datetime | None = Field(description="When a job of it first started")
+    finished_at: datetime | None
+
+
+class BatchCreated(BatchOut):
+    job_ids: list[uuid.UUID] = Field(description="The jobs' ids, in the order submitted")
+
+
+class BatchDetail(BatchOut):
+    completion_job: JobOut | None
+
+
+class BatchCancelled(BatchDetail):
+    cancelled_now: int = Field(description="Jobs this call cancelled")
+
+
+class BatchRetried(BatchDetail):
+    retried_now: int = Field(description="Failed jobs this call put back in their queues")
+
+
+class BatchPage(BaseModel):
+    batches: list[BatchOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null at the end")
 
 
 class QueueOut(BaseModel):

@@ -12,14 +12,14 @@ in the transaction that added it. PostgreSQL cannot drop an enum value, so the d
 its pg_enum row once nothing uses it, which needs a superuser; waiting jobs are cancelled then.
 
 Revision ID: 0096
-Revises: 0094
+Revises: 0095
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0096"
-down_revision = "0094"
+down_revision = "0095"
 branch_labels = None
 depends_on = None
 

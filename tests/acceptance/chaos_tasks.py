@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from skiplock import Backoff, JobContext, task
+from skiplock import Backoff, BatchOutcome, JobContext, task
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS chaos;
@@ -77,3 +77,20 @@ async def work(ctx: JobContext, seconds: float = 0.0, retry_seconds: float | Non
     if record_end:
         await record(ctx, "end")
     return {"attempt": ctx.attempt, "worker": ctx.worker_id, "pid": os.getpid()}
+
+
+@task(name="chaos.flaky", max_attempts=25, retry=Backoff(base_seconds=0.1, factor=2.0, max_seconds=1.0, jitter=0.2))
+async def flaky(ctx: JobContext, seconds: float = 0.0, fail_first: bool = False) -> None:
+    """Sleep `seconds`; fail the first attempt when `fail_first`. No ledger: for many jobs."""
+    if seconds > 0:
+        await asyncio.sleep(seconds)
+    if fail_first and ctx.attempt == 1:
+        raise RuntimeError("chaos: failing the first attempt on purpose")
+
+
+@task(name="chaos.batch_done", max_attempts=25, retry=Backoff(base_seconds=0.2, factor=2.0, max_seconds=2.0))
+async def batch_done(ctx: JobContext, batch: BatchOutcome) -> dict[str, Any]:
+    """A batch's completion job: records its start in the ledger (so a scenario counts its
+    executions) and returns the outcome it was given."""
+    await record(ctx, "start")
+    return batch.model_dump(mode="json")

@@ -320,7 +320,9 @@ def test_psql_cannot_make_a_forbidden_transition_or_row(db_url, statement):
 
 
 # -- cost: only jobs with dependencies or dependents run a trigger function -----------------------
-def test_a_plain_job_runs_no_trigger_function_and_a_dependent_one_runs_the_dependency_triggers(db_url):
+def test_a_plain_job_runs_no_row_trigger_function_and_a_dependent_one_runs_the_dependency_triggers(db_url):
+    """A plain job's insert, claim and success call no row trigger function: only the batch
+    counter, once per statement (a statement trigger: batches are counted per statement)."""
     from skiplock.queries.loader import q
 
     def functions_called(c: psycopg.Connection[Any], depends: bool) -> dict[str, int]:
@@ -343,6 +345,6 @@ def test_a_plain_job_runs_no_trigger_function_and_a_dependent_one_runs_the_depen
                                   "WHERE schemaname = 'skiplock'").fetchall())
 
     with psycopg.connect(db_url) as c:
-        assert functions_called(c, depends=False) == {}
+        assert functions_called(c, depends=False) == {"batches_count_v1": 3}
         called = functions_called(c, depends=True)
     assert called.keys() >= {"jobs_submit_waiting_v1", "jobs_link_dependencies_v1", "jobs_release_dependents_v1"}

@@ -245,3 +245,31 @@ def test_0096_up_and_down_on_a_database_with_jobs_waiting_and_in_every_state(pg_
         d = c.execute("SELECT skiplock.enqueue('echo', depends_on => ARRAY[%s::uuid])", (old["queued"],)).fetchone()[0]  # type: ignore[index]
         _run(c, old["queued"], "succeeded")
         assert c.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (d,)).fetchone() == ("queued",)
+
+
+# -- 0095: batches ----------------------------------------------------------------------------
+def test_0095_batches_up_and_down_on_a_database_with_labelled_jobs_and_batches(pg_cluster, reference_dump):
+    """Jobs labelled with a batch_id before 0095 keep it as a label (no batch row is made for
+    them, so nothing counts them); batches work at once; going down keeps every job."""
+    url = fresh_db(pg_cluster, "mig_batches")
+    migrate.upgrade(url, "0094")
+    label = "0190a0b0-0000-7000-8000-00000000b001"
+    with psycopg.connect(url, autocommit=True) as c:
+        for _ in range(3):
+            c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s)", (label,))
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_batches") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM skiplock.batches").fetchone() == (0,)
+        c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s)", (label,))  # still a label
+        b = c.execute("SELECT skiplock.open_batch('echo')").fetchone()[0]
+        c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s) FROM generate_series(1, 2)", (b,))
+        c.execute("SELECT skiplock.seal_batch(%s)", (b,))
+        assert c.execute("SELECT state, total, queued FROM skiplock.batch_progress").fetchone() == ("active", 2, 2)
+    migrate.downgrade(url, "0094")
+    with psycopg.connect(url, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM skiplock.jobs WHERE batch_id IS NOT NULL").fetchone() == (6,)
+        assert c.execute("SELECT to_regclass('skiplock.batches')").fetchone() == (None,)
+        c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s)", (b,))  # a label again
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_batches") == reference_dump
