@@ -41,6 +41,8 @@ def routes() -> list[Route]:
         Route("/", pages.overview, methods=["GET"], include_in_schema=False),
         Route("/ui/jobs", pages.jobs, methods=["GET"], include_in_schema=False),
         Route("/ui/jobs/{job_id}", pages.job, methods=["GET"], include_in_schema=False),
+        Route("/ui/batches", pages.batches, methods=["GET"], include_in_schema=False),
+        Route("/ui/batches/{batch_id}", pages.batch, methods=["GET"], include_in_schema=False),
         Route("/ui/jobs/{job_id}/retry", actions.retry, methods=["POST"], include_in_schema=False),
         Route("/ui/jobs/{job_id}/cancel", actions.cancel, methods=["POST"], include_in_schema=False),
         Route("/ui/queues/{name}/pause", actions.pause, methods=["POST"], include_in_schema=False),

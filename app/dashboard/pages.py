@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from skiplock.batches import BATCH_STATES
 from skiplock.errors import InvalidInput
 from skiplock.job import PRIORITY_NAMES, STATES
 from skiplock.ops import encode_cursor
@@ -80,3 +81,22 @@ async def job(request: Request, v: Viewer) -> Response:
     return page(request, v, "job.html", job=row, priority=PRIORITY_NAMES.get(row["priority"], row["priority"]),
                 args=_pretty(row["args"]), result=_pretty(row["result"]), checkpoint=_pretty(row["checkpoint"]),
                 progress=progress, errors=errors)
+
+
+@view("read")
+async def batches(request: Request, v: Viewer) -> Response:
+    p = request.query_params
+    state = p.get("state") or None
+    found = await api(request).ops.list_batches(state=state, cursor=p.get("cursor") or None, limit=50)
+    older = None
+    if found.next_cursor is not None:
+        older = "/ui/batches?" + urlencode({**({"state": state} if state else {}), "cursor": found.next_cursor})
+    return page(request, v, "batches.html", batches=found.batches, older=older, state=state, states=BATCH_STATES)
+
+
+@view("read")
+async def batch(request: Request, v: Viewer) -> Response:
+    ops = api(request).ops
+    row = await ops.get_batch(request.path_params["batch_id"])
+    jobs = (await ops.batch_jobs(row["id"], limit=50)).jobs
+    return page(request, v, "batch.html", b=row, jobs=jobs)

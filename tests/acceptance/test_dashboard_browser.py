@@ -127,6 +127,18 @@ def test_operating_the_queue_from_the_dashboard(server: str, browser: Any, db_ur
     assert scalar(db_url, "SELECT state::text FROM skiplock.jobs WHERE id = %s", (failed_id,)) == "queued"
     shot(page, tmp_path, "job-retried")
 
+    # a batch's progress: the list, then its page
+    batch = scalar(db_url, "SELECT skiplock.open_batch('batch_done', '{\"message\": \"end\"}')::text")
+    for i in range(3):
+        scalar(db_url, "SELECT skiplock.enqueue('echo', jsonb_build_object('message', %s::text), batch_id => %s)",
+               (str(i), batch))
+    page.click("text=Batches")
+    assert page.locator(f"tr[data-batch='{batch}'] td").nth(3).inner_text() == "3"
+    page.click(f"tr[data-batch='{batch}'] a")
+    assert page.locator("#percent").inner_text() == "0.0%"
+    assert page.locator("tr[data-job]").count() == 3
+    shot(page, tmp_path, "batch")
+
     # pause a queue
     page.goto(server + "/")
     page.click("tr[data-queue='default'] button[data-action=Pause]")

@@ -209,3 +209,23 @@ def test_a_dashboard_session_keeps_its_tokens_request_rate(db_url: str):
         assert c.get("/ui/jobs").status_code == 200
         r = c.get("/")
         assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 30
+
+
+def test_batches_page_shows_progress_and_counts_and_a_batch_page_its_jobs(open_client: TestClient, db_url: str):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        b = c.execute("SELECT skiplock.open_batch('batch_done', '{\"message\": \"end\"}')").fetchone()[0]  # type: ignore[index]
+        ids = [c.execute("SELECT skiplock.enqueue('echo', jsonb_build_object('message', %s::text), batch_id => %s)",
+                         (str(i), b)).fetchone()[0] for i in range(4)]  # type: ignore[index]
+        c.execute("UPDATE skiplock.jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", (ids[0],))
+    listing = open_client.get("/ui/batches")
+    assert listing.status_code == 200
+    row = re.search(rf'<tr data-batch="{b}">(.*?)</tr>', listing.text, re.S)
+    assert row, listing.text
+    cells = re.findall(r'<td class="n">(\d+)</td>', row[1])
+    assert cells == ["4", "3", "0", "0", "0", "1"]  # total, queued, running, succeeded, failed, cancelled
+    assert 'value="25.0"' in row[1]
+    detail = open_client.get(f"/ui/batches/{b}")
+    assert detail.status_code == 200 and "25.0%" in detail.text
+    assert all(f'data-job="{j}"' in detail.text for j in ids)
+    assert "batch_done, enqueued when the batch ends" in detail.text
+    assert open_client.get(f"/ui/batches/{uuid.uuid4()}").status_code == 404
