@@ -20,7 +20,7 @@ QUEUED = 30_000
 FINISHED = 150_000
 CHURNED = 15_000  # claimed and acknowledged (dead index entries at the head of jobs_claim_idx)
 
-CLAIM_PARAMS: dict[str, Any] = {"worker_id": "w", "queues": None, "limit": 100, "lease_seconds": 30.0,
+CLAIM_PARAMS: dict[str, Any] = {"worker_id": "w", "queues": None, "limit": 100, "lease_seconds": 30.0, "turn": 0,
                                 "now": None}
 
 
@@ -127,10 +127,11 @@ def check_claim_plan(plan: dict[str, Any]) -> None:
     # several queues: each queue's first rows in index order (a Limit over an ordered index scan),
     # then primary-key probes and a sort of those candidates only
     assert ("Index Scan", "jobs_pkey") in scans_of_jobs(branch(plan, "many")), scans_of_jobs(branch(plan, "many"))
-    part = branch(plan, "many")
+    part = branch(plan, "candidates")
+    # (the innermost Limits: a keyed queue's branch sorts its first rows again, per key, above them)
     limited = [n for n in part if n["Node Type"] == "Limit"
                and any(c.get("Index Name") == "jobs_queue_claim_idx" for c in walk(n))
-               and not any(c["Node Type"] == "LockRows" for c in walk(n))]
+               and not any(c["Node Type"] in ("LockRows", "Limit") for c in list(walk(n))[1:])]
     assert limited, scans_of_jobs(part)
     inside = [(m["Node Type"], m.get("Index Name")) for n in limited for m in walk(n)]
     assert not any(kind == "Sort" for kind, _ in inside), ("each queue's range is read in order", inside)
