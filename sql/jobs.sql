@@ -170,7 +170,7 @@ WITH asked AS MATERIALIZED (
       JOIN candidates c ON c.id = j.id
      WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
        AND j.state = 'queued'                             -- expects of a LIMIT it does not know
-     ORDER BY c.priority, c.rank, mod(c.ord + %(turn)s::bigint, (SELECT cardinality(s.queues) FROM serve s))
+     ORDER BY c.priority, c.rank, mod(c.ord - 1 + %(turn)s::bigint, (SELECT cardinality(s.queues) FROM serve s))
      LIMIT %(limit)s
        FOR UPDATE OF j SKIP LOCKED
 ), every AS (
