@@ -140,30 +140,34 @@ WITH asked AS MATERIALIZED (
      LIMIT least(%(limit)s, (SELECT r.room FROM room r WHERE r.queue = (SELECT s.queues[1] FROM serve s)))
        FOR UPDATE OF j SKIP LOCKED
 ), candidates AS (
-    SELECT c.id, c.priority, w.ord,
-           row_number() OVER (PARTITION BY w.q, c.priority ORDER BY c.run_at, c.id) AS rank
+    SELECT c.id, c.priority, w.ord, c.rank
       FROM unnest((SELECT s.queues FROM serve s)) WITH ORDINALITY AS w(q, ord)
       LEFT JOIN room r ON r.queue = w.q
      CROSS JOIN LATERAL (
-           (SELECT k.id, k.priority, k.run_at FROM skiplock.jobs k
-             WHERE r.key_arg IS NULL
-               AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
-             ORDER BY k.priority, k.run_at, k.id
-             LIMIT least(2 * %(limit)s, r.room))
-           UNION ALL
-           (SELECT f.id, f.priority, f.run_at
-              FROM (SELECT e.*, row_number() OVER (PARTITION BY e.key ORDER BY e.priority, e.run_at, e.id) AS nth
-                      FROM (SELECT k.id, k.priority, k.run_at, coalesce(k.args ->> r.key_arg, '') AS key
-                              FROM skiplock.jobs k
-                             WHERE r.key_arg IS NOT NULL
-                               AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
-                             ORDER BY k.priority, k.run_at, k.id
-                             LIMIT 1000) e) f
-             WHERE f.nth <= coalesce(r.key_rooms[array_position(r.keys, f.key)], r.key_max)
-             ORDER BY f.priority, f.run_at, f.id
-             LIMIT least(2 * %(limit)s, r.room))) c
-     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1
-        OR ((SELECT cardinality(s.queues) FROM serve s) = 1 AND EXISTS (SELECT 1 FROM room r WHERE r.key_arg IS NOT NULL))
+           SELECT x.id, x.priority,
+                  row_number() OVER (PARTITION BY x.priority ORDER BY x.run_at, x.id) AS rank,
+                  row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS nth
+             FROM ((SELECT k.id, k.priority, k.run_at FROM skiplock.jobs k
+                     WHERE r.key_arg IS NULL
+                       AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+                     ORDER BY k.priority, k.run_at, k.id
+                     LIMIT 2 * %(limit)s)
+                   UNION ALL
+                   (SELECT f.id, f.priority, f.run_at
+                      FROM (SELECT e.*, row_number() OVER (PARTITION BY e.key ORDER BY e.priority, e.run_at, e.id) AS n
+                              FROM (SELECT k.id, k.priority, k.run_at, coalesce(k.args ->> r.key_arg, '') AS key
+                                      FROM skiplock.jobs k
+                                     WHERE r.key_arg IS NOT NULL
+                                       AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+                                     ORDER BY k.priority, k.run_at, k.id
+                                     LIMIT 1000) e) f
+                     WHERE f.n <= coalesce(r.key_rooms[array_position(r.keys, f.key)], r.key_max)
+                     ORDER BY f.priority, f.run_at, f.id
+                     LIMIT 2 * %(limit)s)) x) c
+     WHERE c.nth <= coalesce(r.room, 2 * %(limit)s)  -- (a LIMIT the planner can read: its estimates stay small)
+       AND ((SELECT cardinality(s.queues) FROM serve s) > 1
+            OR ((SELECT cardinality(s.queues) FROM serve s) = 1
+                AND EXISTS (SELECT 1 FROM room r WHERE r.key_arg IS NOT NULL)))
 ), many AS (
     SELECT j.id
       FROM skiplock.jobs j
