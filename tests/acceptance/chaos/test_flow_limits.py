@@ -38,7 +38,8 @@ def intervals(url: str, jobs: list[uuid.UUID], ended: dict[str, datetime]) -> li
     was gone)."""
     out = []
     for _job, _attempt, worker, start, end in rows(url, """
-            SELECT job_id, attempt, worker_id, min(at) FILTER (WHERE phase = 'start'), min(at) FILTER (WHERE phase = 'end')
+            SELECT job_id, attempt, worker_id, min(at) FILTER (WHERE phase = 'start'),
+                   min(at) FILTER (WHERE phase = 'end')
               FROM chaos.ledger WHERE job_id = ANY(%s) GROUP BY 1, 2, 3""", (jobs,)):
         if end is None:
             assert worker in ended, f"an execution on {worker} never ended, and that worker was not killed"
