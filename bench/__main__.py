@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return {"one_queue": median(one), "many_queues": median(many)}
 
         step(r, "queues", queues)
+        step(r, "flow", lambda: ours.flow(server, logdir, drain_n, concurrency=conc, reps=reps))
         step(r, "memory", lambda: ours.memory(server, logdir, n=40_000 if quick else 100_000, concurrency=100))
 
         if args.peers:
@@ -163,8 +164,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, "
-                   "latency, latency_floor, isolation, backlog, queues, memory), beside the floor; results.json is "
-                   "not written")
+                   "latency, latency_floor, isolation, backlog, queues, flow, memory), beside the floor; "
+                   "results.json is not written")
     args = p.parse_args()
     if args.only:
         ONLY.update(x.strip() for x in args.only.split(",") if x.strip())
