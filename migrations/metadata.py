@@ -76,6 +76,7 @@ queues = Table(
     Column("rate_limit", Integer),
     Column("rate_period", INTERVAL),
     Column("rate_starts", ARRAY(DateTime(timezone=True)), nullable=False),
+    Column("rate_counts", ARRAY(Integer), nullable=False),
 )
 
 workers = Table(

@@ -91,7 +91,6 @@ UNSET = Unset()
 
 MAX_LIMIT = 1_000_000_000
 MAX_RATE = 1_000_000
-"""A rate's window keeps one timestamp per start (skiplock.queues.rate_starts)."""
 MAX_RATE_PERIOD = 86_400.0
 
 

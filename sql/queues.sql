@@ -63,14 +63,16 @@ SELECT name FROM skiplock.queues
  WHERE max_running IS NOT NULL OR max_running_per_key IS NOT NULL OR rate_limit IS NOT NULL;
 
 -- name: next_rate_room
--- When the first of these queues that its rate limit holds back gets room again: the moment one
--- more start leaves at most rate_limit starts in its window, in seconds from now (NULL: none is
--- held back). A worker
--- whose claim came back short sleeps until then instead of polling.
-SELECT extract(epoch FROM min(w.live[cardinality(w.live) - q.rate_limit + 1] + q.rate_period)
-                          - coalesce(%(now)s, now()))::float8 AS wait
+-- When the first of these queues that its rate limit holds back gets room again, in seconds
+-- from now (NULL: none is held back): once the oldest claims in its window have left it, so
+-- that the rest started at most rate_limit - 1 jobs. A worker whose claim came back short
+-- sleeps until then instead of polling.
+SELECT extract(epoch FROM min(w.at + q.rate_period) - coalesce(%(now)s, now()))::float8 AS wait
   FROM skiplock.queues q
- CROSS JOIN LATERAL (SELECT ARRAY(SELECT s FROM unnest(q.rate_starts) AS s
-                                   WHERE s > coalesce(%(now)s, now()) - q.rate_period ORDER BY s) AS live) w
- WHERE q.rate_limit IS NOT NULL AND NOT q.paused AND cardinality(w.live) >= q.rate_limit
+ CROSS JOIN LATERAL (
+       SELECT s.at, sum(s.k) OVER (ORDER BY s.i) AS upto, sum(s.k) OVER () AS total
+         FROM unnest(q.rate_starts, q.rate_counts) WITH ORDINALITY AS s(at, k, i)
+        WHERE s.at > coalesce(%(now)s, now()) - q.rate_period) w
+ WHERE q.rate_limit IS NOT NULL AND NOT q.paused
+   AND w.total >= q.rate_limit AND w.upto >= w.total - q.rate_limit + 1
    AND (%(queues)s::text[] IS NULL OR q.name = ANY (%(queues)s::text[]));

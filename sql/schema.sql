@@ -152,8 +152,10 @@ CREATE TABLE skiplock.queues (
     max_running_per_key integer,
     rate_limit          integer,
     rate_period         interval,
-    -- Written by claims, not by hand: the start times of the queue's jobs within its rate period.
+    -- Written by claims, not by hand: the queue's claims within its rate period, oldest first:
+    -- when each decided (rate_starts) and how many jobs it started (rate_counts).
     rate_starts         timestamptz[] NOT NULL DEFAULT '{}',
+    rate_counts         integer[]     NOT NULL DEFAULT '{}',
     CONSTRAINT queues_pkey PRIMARY KEY (name),
     CONSTRAINT queues_name_format CHECK (length(name) BETWEEN 1 AND 63 AND name !~ '[^a-z0-9_.-]' AND name !~ '^[.-]'),
     CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0),
@@ -383,8 +385,8 @@ BEGIN
          greatest(0, least(
            coalesce(q.max_running - (SELECT count(*) FROM skiplock.jobs j
                                       WHERE j.state = 'running' AND j.queue = q.name), 2147483647),
-           coalesce(q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > t - q.rate_period),
-                    2147483647)))::integer,
+           coalesce(q.rate_limit - (SELECT coalesce(sum(s.n), 0) FROM unnest(q.rate_starts, q.rate_counts) AS s(at, n)
+                                     WHERE s.at > t - q.rate_period), 2147483647)))::integer,
          q.key_arg, q.max_running_per_key, k.keys, k.rooms, t, q.rate_limit IS NOT NULL
     FROM skiplock.queues q
     LEFT JOIN LATERAL (

@@ -26,6 +26,7 @@ ALTER TABLE skiplock.queues
     ADD COLUMN rate_limit integer,
     ADD COLUMN rate_period interval,
     ADD COLUMN rate_starts timestamptz[] NOT NULL DEFAULT '{}',
+    ADD COLUMN rate_counts integer[] NOT NULL DEFAULT '{}',
     ADD CONSTRAINT queues_max_running_positive CHECK (max_running IS NULL OR max_running > 0),
     ADD CONSTRAINT queues_per_key_limit CHECK (
         (key_arg IS NULL) = (max_running_per_key IS NULL)
@@ -50,8 +51,8 @@ BEGIN
          greatest(0, least(
            coalesce(q.max_running - (SELECT count(*) FROM skiplock.jobs j
                                       WHERE j.state = 'running' AND j.queue = q.name), 2147483647),
-           coalesce(q.rate_limit - (SELECT count(*) FROM unnest(q.rate_starts) s WHERE s > t - q.rate_period),
-                    2147483647)))::integer,
+           coalesce(q.rate_limit - (SELECT coalesce(sum(s.n), 0) FROM unnest(q.rate_starts, q.rate_counts) AS s(at, n)
+                                     WHERE s.at > t - q.rate_period), 2147483647)))::integer,
          q.key_arg, q.max_running_per_key, k.keys, k.rooms, t, q.rate_limit IS NOT NULL
     FROM skiplock.queues q
     LEFT JOIN LATERAL (
@@ -72,6 +73,7 @@ ALTER TABLE skiplock.queues
     DROP CONSTRAINT queues_rate_limit,
     DROP CONSTRAINT queues_per_key_limit,
     DROP CONSTRAINT queues_max_running_positive,
+    DROP COLUMN rate_counts,
     DROP COLUMN rate_starts,
     DROP COLUMN rate_period,
     DROP COLUMN rate_limit,
