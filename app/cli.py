@@ -71,8 +71,8 @@ def parser() -> argparse.ArgumentParser:
     qsub = qu.add_subparsers(dest="queue_command", required=True)
     qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
     qd.add_argument("name")
-    ql = qsub.add_parser("limits", help="show or set a queue's limits (`none` removes one; workers apply it at "
-                                        "their next claim)")
+    ql = qsub.add_parser("limits", help="set a queue's limits and print them all (`none` removes one; workers "
+                                        "apply a change at their next claim)")
     ql.add_argument("name")
     ql.add_argument("--max-waiting", metavar="N|none", help="most waiting jobs (beyond it submissions are refused)")
     ql.add_argument("--max-running", metavar="N|none", help="most jobs running at once, over every worker")
@@ -266,7 +266,10 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     if args.queue_command == "limits":
-        _print(_ops(settings, lambda ops: ops.set_queue_limits(args.name, **_limit_options(args))))
+        given = _limit_options(args)
+        if not given:
+            raise InvalidInput("give at least one of --max-waiting, --max-running, --per-key, --rate")
+        _print(_ops(settings, lambda ops: ops.set_queue_limits(args.name, **given)))
         return 0
     _ops(settings, lambda ops: ops.delete_queue(args.name))
     print(f"skiplock: queue {args.name} deleted")
