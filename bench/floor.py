@@ -177,9 +177,8 @@ def claim_isolation(url: str, backlog: int, rounds: int = 200) -> dict[str, floa
     times its claim, then acknowledges it."""
     import statistics
 
-    from skiplock.sql import q
-
     from skiplock.job import uuid7
+    from skiplock.queries.loader import q
 
     from .ours import load
 

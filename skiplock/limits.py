@@ -46,9 +46,10 @@ class QueueLimits:
         return names
 
     async def flow_limited(self, conn: db.AsyncConn) -> frozenset[str]:
-        """Queues of `conn`'s database whose claims are limited (cached). The claim itself reads
-        the limits every time; this only tells a worker whether a short claim may have been held
-        back by one, and so whether to look again when room may have come back."""
+        """Queues of `conn`'s database whose claims are limited (cached): a worker that serves
+        one claims with claim_batch_limited, and after a short claim looks again when room may
+        have come back. A limit set meanwhile holds at once (the plain claim takes nothing
+        while one applies to it) and is applied within `ttl`."""
         key = _database(conn)
         at, names = self._flow.get(key, (-1e9, frozenset()))
         if time.monotonic() - at > self.ttl:

@@ -77,22 +77,20 @@ SELECT state, at, attempt, worker_id, error, correlation_id
 -- and marks them running under a lease, in one statement.
 -- Queues do not slow each other: what waits in a queue the worker does not serve, or in a
 -- paused one, is never read. `serve` names the queues to read (the worker's own less the
--- paused ones; for a worker of every queue while some queue is paused or limited, every queue
--- with a waiting job less the paused ones, found by one index descent per queue), or NULL for
--- every queue when none is paused or limited. Then exactly one branch runs (the others stop at
--- their one-time filter): `one` reads that queue's range of jobs_queue_claim_idx in claim order;
--- `many` takes the first 2 x limit of each queue's range as candidates and locks them, skipping
--- those another claim holds (so a claim running beside it still fills up); `every` reads
+-- paused ones; for a worker of every queue while some queue is paused, every queue with a
+-- waiting job less the paused ones, found by one index descent per queue), or NULL for every
+-- queue when none is paused. Then exactly one branch runs (the others stop at their one-time
+-- filter): `one` reads that queue's range of jobs_queue_claim_idx in claim order; `many` takes
+-- the first 2 x limit of each queue's range as candidates and locks them, skipping those
+-- another claim holds (so a claim running beside it still fills up); `every` reads
 -- jobs_claim_idx in claim order. tests/integration/test_claim_plan.py checks the plans.
 -- Fair queues (`many`): within a priority, the candidates of the queues take turns (each
 -- queue's first, then each queue's second, ...), starting from the queue `turn` points at (the
 -- worker counts its claims), so a queue with a big backlog of older jobs cannot starve another;
 -- priority still comes first, and within a queue the order is run_at, id.
--- Flow control: `room` (skiplock.claim_room_v1) locks the served queues that have a
--- max_running, per-key or rate limit and says how many more jobs each may start; `one` and the
--- candidates of `many` take no more, and a keyed queue's candidates (the first KEY_WINDOW due
--- jobs, 1000) no more per key. `rated` records the claim in the queue's rate window. Queues
--- without limits are not locked and run no function: `limited` is empty, `room` never runs.
+-- Flow limits (max_running, per key, rate) are claim_batch_limited's: this claim takes nothing
+-- (`free`) while a queue it would read has one, so a worker whose cached view of the limits is
+-- out of date (skiplock/limits.py) never overshoots one; it switches at its next refresh.
 -- `asked` hides the worker's queues from the planner: the plan must not depend
 -- on them anyway, and planning with them known made each claim ~0.3 ms slower (the
 -- statement is still planned at each claim on a large table: with LIMIT known, a custom
@@ -101,6 +99,91 @@ SELECT state, at, attempt, worker_id, error, correlation_id
 -- crash could forget a claim whose handler already runs, and the same worker could then
 -- claim the job again under the same (attempt, worker) fence, so the first run's answer
 -- would count for the second. (Off saved ~0.3 ms of each pickup; correctness first.)
+WITH asked AS MATERIALIZED (
+    SELECT %(queues)s::text[] AS queues
+), free AS MATERIALIZED (
+    SELECT NOT EXISTS (
+           SELECT 1 FROM skiplock.queues p
+            WHERE (p.max_running IS NOT NULL OR p.max_running_per_key IS NOT NULL OR p.rate_limit IS NOT NULL)
+              AND NOT p.paused
+              AND ((SELECT a.queues FROM asked a) IS NULL OR p.name = ANY ((SELECT a.queues FROM asked a)::text[])))
+           AS ok
+), serve AS MATERIALIZED (
+    SELECT CASE
+             WHEN (SELECT a.queues FROM asked a) IS NOT NULL THEN
+               ARRAY(SELECT w.q FROM unnest((SELECT a.queues FROM asked a)) AS w(q)
+                      WHERE NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+             WHEN EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.paused) THEN
+               ARRAY(WITH RECURSIVE waiting(q) AS (
+                       SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued'
+                       UNION ALL
+                       SELECT (SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued' AND k.queue > w.q)
+                         FROM waiting w WHERE w.q IS NOT NULL)
+                     SELECT w.q FROM waiting w
+                      WHERE w.q IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+           END AS queues
+), one AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1 AND (SELECT f.ok FROM free f)
+       AND j.queue = (SELECT s.queues[1] FROM serve s)
+       AND j.state = 'queued'
+       AND j.run_at <= coalesce(%(now)s, now())
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), candidates AS (
+    SELECT c.id, c.priority, w.ord,
+           row_number() OVER (PARTITION BY w.q, c.priority ORDER BY c.run_at, c.id) AS rank
+      FROM unnest((SELECT s.queues FROM serve s)) WITH ORDINALITY AS w(q, ord)
+     CROSS JOIN LATERAL (
+           SELECT k.id, k.priority, k.run_at FROM skiplock.jobs k
+            WHERE k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+            ORDER BY k.priority, k.run_at, k.id
+            LIMIT 2 * %(limit)s) c
+     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1 AND (SELECT f.ok FROM free f)
+), many AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+      JOIN candidates c ON c.id = j.id
+     WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
+       AND j.state = 'queued'                             -- expects of a LIMIT it does not know
+     ORDER BY c.priority, c.rank, mod(c.ord - 1 + %(turn)s::bigint, (SELECT cardinality(s.queues) FROM serve s))
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), every AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT s.queues FROM serve s) IS NULL AND (SELECT f.ok FROM free f)
+       AND j.state = 'queued' AND j.id IS NOT NULL  -- jobs_claim_idx (see its comment)
+       AND j.run_at <= coalesce(%(now)s, now())
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE skiplock.jobs j
+   SET state = 'running',
+       attempt = j.attempt + 1,
+       worker_id = %(worker_id)s,
+       lease_expires_at = coalesce(%(now)s, now()) + make_interval(secs => %(lease_seconds)s),
+       started_at = coalesce(%(now)s, now())
+ WHERE j.id = ANY (ARRAY(SELECT id FROM one UNION ALL SELECT id FROM many UNION ALL SELECT id FROM every))
+       -- primary-key probes (a join became a hash join over the whole table)
+RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
+          j.timeout,
+          j.checkpoint, j.run_at, j.created_at, j.correlation_id;
+
+-- name: claim_batch_limited
+-- claim_batch for workers that serve a queue with flow limits (the worker knows which from
+-- skiplock/limits.py): the same claim, plus the limits. `room` (skiplock.claim_room_v1) locks
+-- the served queues that have a max_running, per-key or rate limit and says how many more jobs
+-- each may start; `one` and the candidates of `many` take no more, and a keyed queue's
+-- candidates (its first 1000 due jobs) no more per key. `rated` records the claim in the
+-- queue's rate window. A worker of every queue reads the queues one at a time here (as while
+-- one is paused). Each queue's candidates are capped by a filter on their row number rather
+-- than a LIMIT the planner cannot read: with an unknown LIMIT it expected thousands of rows per
+-- queue and planned (and JIT-compiled) for them.
 WITH asked AS MATERIALIZED (
     SELECT %(queues)s::text[] AS queues
 ), limited AS MATERIALIZED (

@@ -151,8 +151,14 @@ class Producer(Service):
     async def _claim(self, limit: int) -> list[ClaimedJob]:
         self.turn += 1
         async with self.pool.connection() as conn:
-            return await jobs.claim_batch(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
-                                          lease_seconds=self.lease_seconds, turn=self.turn)
+            limited = self._limited(await self.limits.flow_limited(conn))
+            claim = jobs.claim_batch_limited if limited else jobs.claim_batch
+            return await claim(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
+                               lease_seconds=self.lease_seconds, turn=self.turn)
+
+    def _limited(self, flow_limited: frozenset[str]) -> frozenset[str]:
+        """The served queues among those with flow limits."""
+        return flow_limited if self.queues is None else flow_limited.intersection(self.queues)
 
     async def _due_but_held(self) -> bool:
         """Burst mode: whether due jobs wait that a limit held back (then it does not exit yet)."""
@@ -166,8 +172,7 @@ class Producer(Service):
         limit (it found every due job); else how long until a rate limit gives room again (inf:
         only a job of the queue finishing can, which for our own jobs is their acknowledgement)."""
         async with self.pool.connection() as conn:
-            limited = await self.limits.flow_limited(conn)
-            served = limited if self.queues is None else limited.intersection(self.queues)
+            served = self._limited(await self.limits.flow_limited(conn))
             if not served:
                 return None
             wait = await queues.next_rate_room(conn, sorted(served))

@@ -105,11 +105,12 @@ def branch(plan: dict[str, Any], name: str) -> list[dict[str, Any]]:
     raise AssertionError(f"no CTE {name} in the plan")
 
 
-def root(conn: psycopg.Connection[Any], params: Any, *, generic: bool = False) -> dict[str, Any]:
+def root(conn: psycopg.Connection[Any], params: Any, *, generic: bool = False,
+         query: str = "claim_batch") -> dict[str, Any]:
     if generic:
-        nodes = explain_generic(conn, "claim", q("claim_batch"), params)
+        nodes = explain_generic(conn, "claim", q(query), params)
     else:
-        nodes = explain(conn, q("claim_batch"), params)
+        nodes = explain(conn, q(query), params)
     return nodes[0]
 
 
@@ -137,12 +138,13 @@ def check_claim_plan(plan: dict[str, Any]) -> None:
     assert not any(kind == "Sort" for kind, _ in inside), ("each queue's range is read in order", inside)
 
 
-def test_claim_reads_the_partial_indexes_in_order_on_a_big_churned_table(churned):
+@pytest.mark.parametrize("query", ["claim_batch", "claim_batch_limited"])
+def test_claim_reads_the_partial_indexes_in_order_on_a_big_churned_table(churned, query):
     for generic in (False, True):
-        check_claim_plan(root(churned, CLAIM_PARAMS, generic=generic))
-        check_claim_plan(root(churned, dict(CLAIM_PARAMS, queues=["default"]), generic=generic))
+        check_claim_plan(root(churned, CLAIM_PARAMS, generic=generic, query=query))
+        check_claim_plan(root(churned, dict(CLAIM_PARAMS, queues=["default"]), generic=generic, query=query))
     churned.execute("ANALYZE skiplock.jobs")  # and with statistics that know about the churn
-    check_claim_plan(root(churned, CLAIM_PARAMS))
+    check_claim_plan(root(churned, CLAIM_PARAMS, query=query))
 
 
 def rows_read(plan: dict[str, Any]) -> int:

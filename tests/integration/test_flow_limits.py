@@ -41,8 +41,8 @@ def settings(pg_conn: psycopg.Connection[Any], queue: str, **cols: Any) -> None:
 
 def claim(url: str, queues: list[str] | None, limit: int, now: datetime | None = None, turn: int = 0) -> list[Any]:
     with psycopg.connect(url, autocommit=True) as c:
-        return c.execute(q("claim_batch"), {"worker_id": "w", "queues": queues, "limit": limit, "lease_seconds": 30,
-                                            "now": now, "turn": turn}).fetchall()
+        return c.execute(q("claim_batch_limited"), {"worker_id": "w", "queues": queues, "limit": limit,
+                                                    "lease_seconds": 30, "now": now, "turn": turn}).fetchall()
 
 
 def running(pg_conn: psycopg.Connection[Any], queue: str) -> int:
@@ -66,7 +66,7 @@ def test_concurrent_claims_never_run_more_than_max_running(db_url, pg_conn, serv
         def one() -> None:
             with psycopg.connect(db_url, autocommit=True) as c:
                 start.wait()
-                rows = c.execute(q("claim_batch"), {"worker_id": "w", "queues": served, "limit": 5,
+                rows = c.execute(q("claim_batch_limited"), {"worker_id": "w", "queues": served, "limit": 5,
                                                     "lease_seconds": 30, "now": None, "turn": 0}).fetchall()
                 got.append(sum(1 for r in rows if r[3] == "lim"))
 
@@ -165,7 +165,7 @@ def test_concurrent_claims_never_start_more_than_the_rate(db_url, pg_conn):
     def one() -> None:
         with psycopg.connect(db_url, autocommit=True) as c:
             start.wait()
-            got.append(len(c.execute(q("claim_batch"), {"worker_id": "w", "queues": None, "limit": 3,
+            got.append(len(c.execute(q("claim_batch_limited"), {"worker_id": "w", "queues": None, "limit": 3,
                                                         "lease_seconds": 30, "now": None, "turn": 0}).fetchall()))
 
     threads = [threading.Thread(target=one) for _ in range(10)]
@@ -241,7 +241,7 @@ def test_a_claim_from_queues_without_limits_locks_no_queue_row(db_url, pg_conn):
                           "WHERE r.relname = 'queues' AND l.mode = 'RowShareLock' AND l.pid = pg_backend_pid()"
                           ).fetchone()[0]  # type: ignore[index]
         assert locks == 0
-        c.execute(q("claim_batch"), {"worker_id": "w", "queues": ["lim"], "limit": 1, "lease_seconds": 30,
+        c.execute(q("claim_batch_limited"), {"worker_id": "w", "queues": ["lim"], "limit": 1, "lease_seconds": 30,
                                      "now": None, "turn": 0})
         with psycopg.connect(db_url, autocommit=True) as other:
             other.execute("SET lock_timeout = '100ms'")
@@ -249,3 +249,19 @@ def test_a_claim_from_queues_without_limits_locks_no_queue_row(db_url, pg_conn):
             with pytest.raises(psycopg.errors.LockNotAvailable):
                 other.execute("SELECT 1 FROM skiplock.queues WHERE name = 'lim' FOR UPDATE")
         c.rollback()
+
+
+def test_the_plain_claim_takes_nothing_while_a_queue_it_reads_has_a_flow_limit(db_url, pg_conn):
+    """A worker whose cached view says no limit applies claims with claim_batch: it must not
+    overshoot a limit set since; it takes nothing until it switches to claim_batch_limited."""
+    fill(pg_conn, "lim", 5)
+    fill(pg_conn, "free", 5)
+    settings(pg_conn, "lim", max_running=1)
+
+    def plain(queues: list[str] | None) -> list[Any]:
+        with psycopg.connect(db_url, autocommit=True) as c:
+            return c.execute(q("claim_batch"), {"worker_id": "w", "queues": queues, "limit": 10, "lease_seconds": 30,
+                                                "now": None, "turn": 0}).fetchall()
+
+    assert plain(["lim"]) == [] and plain(["lim", "free"]) == [] and plain(None) == []
+    assert len(plain(["free"])) == 5
