@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
     qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
     qd.add_argument("name")
     ql = qsub.add_parser("limits", help="set a queue's limits and print them all (`none` removes one; workers "
-                                        "apply a change at their next claim)")
+                                        "apply a change within 2 s)")
     ql.add_argument("name")
     ql.add_argument("--max-waiting", metavar="N|none", help="most waiting jobs (beyond it submissions are refused)")
     ql.add_argument("--max-running", metavar="N|none", help="most jobs running at once, over every worker")

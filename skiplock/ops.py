@@ -327,7 +327,7 @@ class Operations:
                                per_key: tuple[str, int] | None | Unset = UNSET,
                                rate: tuple[int, float] | None | Unset = UNSET) -> dict[str, Any]:
         """Set a queue's limits; those left out keep their value, None removes one. Workers apply
-        a change at their next claim, without a restart.
+        a change within 2 s (skiplock.limits.LIMITS_TTL), without a restart.
 
         - `max_waiting`: beyond it, submissions are refused (QueueFull).
         - `max_running`: at most this many of the queue's jobs run at once, over every worker.

@@ -48,7 +48,7 @@ async def resume(request: Request) -> Response:
 
 async def set_limits(request: Request) -> Response:
     """PUT /queues/{name}: {"max_waiting", "max_running", "per_key", "rate"}, each optional (left
-    out: unchanged; null: no limit). Workers apply it at their next claim."""
+    out: unchanged; null: no limit). Workers apply it within 2 s."""
     state = api(request)
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
