@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from skiplock import InvalidInput, JobSpec, Operations, SkiplockError, Worker
+from skiplock.limits import parse_rate
 
 from . import migrate as migrations
 from .embedded_pg import PostgresNotFound
@@ -72,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
     qsub = qu.add_subparsers(dest="queue_command", required=True)
     qd = qsub.add_parser("delete", help="delete a queue no job names (forgets its settings)")
     qd.add_argument("name")
+    ql = qsub.add_parser("limits", help="set a queue's limits and print them all (`none` removes one; workers "
+                                        "apply a change within 2 s)")
+    ql.add_argument("name")
+    ql.add_argument("--max-waiting", metavar="N|none", help="most waiting jobs (beyond it submissions are refused)")
+    ql.add_argument("--max-running", metavar="N|none", help="most jobs running at once, over every worker")
+    ql.add_argument("--per-key", metavar="ARG=N|none", help="most running jobs per value of argument ARG")
+    ql.add_argument("--rate", metavar="N/PERIOD|none", help="most jobs started per period, e.g. 100/60s, 10/s, 500/1h")
     sc = sub.add_parser("schedule", help="cron schedules: list, show, pause, resume")
     ssub = sc.add_subparsers(dest="schedule_command", required=True)
     ssub.add_parser("list", help="every schedule with its next run")
@@ -269,9 +277,40 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    if args.queue_command == "limits":
+        given = _limit_options(args)
+        if not given:
+            raise InvalidInput("give at least one of --max-waiting, --max-running, --per-key, --rate")
+        _print(_ops(settings, lambda ops: ops.set_queue_limits(args.name, **given)))
+        return 0
     _ops(settings, lambda ops: ops.delete_queue(args.name))
     print(f"skiplock: queue {args.name} deleted")
     return 0
+
+
+def _limit_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The limits given on the command line (`none` removes one), as Operations.set_queue_limits takes them."""
+    out: dict[str, Any] = {}
+    for option, parse in (("max_waiting", _limit_int), ("max_running", _limit_int), ("per_key", _per_key),
+                          ("rate", parse_rate)):
+        text = getattr(args, option)
+        if text is not None:
+            out[option] = None if text.strip().lower() == "none" else parse(text)
+    return out
+
+
+def _limit_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a whole number (or none)") from None
+
+
+def _per_key(text: str) -> tuple[str, int]:
+    arg, sep, n = text.rpartition("=")
+    if not sep:
+        raise InvalidInput(f"--per-key {text!r} is not ARG=N (e.g. customer_id=2)", field="per_key")
+    return arg, _limit_int(n)
 
 
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:

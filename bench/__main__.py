@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "plain": batches.plain_cost(server, logdir, drain_n, concurrency=conc, rounds=reps)}
 
         step(r, "batches", batch_costs)
+        step(r, "flow", lambda: ours.flow(server, logdir, drain_n, concurrency=conc, reps=reps))
         step(r, "memory", lambda: ours.memory(server, logdir, n=40_000 if quick else 100_000, concurrency=100))
 
         if args.peers:
@@ -170,7 +171,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller sizes, one repetition (a smoke run)")
     p.add_argument("--table", metavar="JSON", help="only print the table of an earlier results file")
     p.add_argument("--only", metavar="NAMES", help="comma-separated workloads to run (sql_alone, enqueue, http, drain, "
-                   "latency, latency_floor, isolation, backlog, queues, batches, memory), beside the floor; "
+                   "latency, latency_floor, isolation, backlog, queues, batches, flow, memory), beside the floor; "
                    "results.json is not written")
     args = p.parse_args()
     if args.only:

@@ -160,7 +160,7 @@ def schema_claim_ack(url: str, n: int, batch: int = 200) -> float:
         t = time.perf_counter()
         while True:
             rows = c.execute(claim, {"worker_id": "bench", "queues": None, "limit": batch, "lease_seconds": 60,
-                                     "now": None}).fetchall()
+                                     "now": None, "turn": 0}).fetchall()
             if not rows:
                 break
             # claim_batch returns id first and attempt sixth (the ClaimedJob field order)
@@ -179,9 +179,8 @@ def claim_isolation(url: str, backlog: int, rounds: int = 200) -> dict[str, floa
     times its claim, then acknowledges it."""
     import statistics
 
-    from skiplock.sql import q
-
     from skiplock.job import uuid7
+    from skiplock.queries.loader import q
 
     from .ours import load
 
@@ -196,7 +195,7 @@ def claim_isolation(url: str, backlog: int, rounds: int = 200) -> dict[str, floa
             c.execute(q("insert_job"), {**base, "id": uuid7()}).fetchall()
             t = time.perf_counter()
             rows = c.execute(claim, {"worker_id": "bench", "queues": queues, "limit": 10, "lease_seconds": 60,
-                                     "now": None}).fetchall()
+                                     "now": None, "turn": 0}).fetchall()
             times.append((time.perf_counter() - t) * 1000)
             assert [r[3] for r in rows] == ["urgent"], rows
             c.execute(ack, {"worker_id": "bench", "ids": [r[0] for r in rows], "attempts": [r[5] for r in rows],

@@ -64,12 +64,16 @@ def load(url: str, n: int, *, queues: int = 1, mixed_priorities: bool = False, q
 
 
 def drain(server: Server, logdir: Path, n: int, *, concurrency: int, processes: int = 1, queues: int = 1,
-          mixed_priorities: bool = False, backlog: int | None = None, **settings: Any) -> dict[str, Any]:
+          mixed_priorities: bool = False, backlog: int | None = None, max_running: int | None = None,
+          **settings: Any) -> dict[str, Any]:
     """Steady-state jobs/s while `processes` burst workers drain `n` queued jobs (or, with
-    `backlog`, the first `n` of `backlog` queued jobs)."""
+    `backlog`, the first `n` of `backlog` queued jobs); with `max_running`, the queue (a
+    single queue, `default`) has that limit."""
     name = f"drain{n}c{concurrency}p{processes}"
     with server.database(name) as url:
         load(url, backlog or n, queues=queues, mixed_priorities=mixed_priorities)
+        if max_running is not None:
+            execute(url, f"INSERT INTO skiplock.queues (name, max_running) VALUES ('default', {int(max_running)})")
         procs = [skiplock_worker(url, logdir / f"{name}.{i}.log", concurrency=concurrency,
                                  burst=backlog is None, **settings) for i in range(processes)]
         try:
@@ -84,6 +88,18 @@ def drain(server: Server, logdir: Path, n: int, *, concurrency: int, processes: 
         if d.rss:
             result["rss_mb"] = [round(r, 1) for _, r in d.rss]
         return result
+
+
+def flow(server: Server, logdir: Path, n: int, *, concurrency: int, reps: int) -> dict[str, Any]:
+    """The cost of a limit that does not bind: drains of one queue with max_running at 10x the
+    worker's concurrency beside the same drain without a limit, alternating, medians of `reps`."""
+    limited: list[float] = []
+    free: list[float] = []
+    for _ in range(reps):
+        free.append(drain(server, logdir, n, concurrency=concurrency)["rate"])
+        limited.append(drain(server, logdir, n, concurrency=concurrency, max_running=10 * concurrency)["rate"])
+    return {"concurrency": concurrency, "max_running": 10 * concurrency, "no_limit": statistics.median(free),
+            "max_running_rate": statistics.median(limited)}
 
 
 def latency(server: Server, logdir: Path, *, n: int = 500, gap: float = 0.02, warmup: int = 20,
@@ -151,7 +167,7 @@ def memory(server: Server, logdir: Path, *, n: int = 100_000, concurrency: int =
             "samples": len(rss), "rate": r["rate"]}
 
 
-__all__ = ["drain", "enqueue_bulk", "enqueue_one_per_tx", "latency", "load", "memory", "rss_mb"]
+__all__ = ["drain", "enqueue_bulk", "enqueue_one_per_tx", "flow", "latency", "load", "memory", "rss_mb"]
 
 
 def _wait_http(port: int, proc: Any, log: Path) -> None:

@@ -122,6 +122,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                       ("SQL alone insert_jobs 10,000/stmt", "insert")):
         ratio_row(f"jobs of no batch, {what}: schema with batches vs without", bp.get(f"{key}_with"),
                   bp.get(f"{key}_without"), "without", None)
+    fl = r.get("flow") or {}
+    ratio_row(f"drain, max_running {fl.get('max_running', '?')} (not binding) vs no limit",
+              fl.get("max_running_rate"), fl.get("no_limit"), "no limit", 0.9)
     for kind, ref_key in (("1 job/tx", "enqueue_one"), ("bulk", "enqueue_bulk")):
         ratio_row(f"enqueue {kind} vs Procrastinate", _get(r, "enqueue", "one" if kind == "1 job/tx" else "bulk"),
                   _get(r, "procrastinate", "enqueue", ref_key), "Procrastinate", None)

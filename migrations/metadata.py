@@ -17,7 +17,7 @@ from sqlalchemy import (
                         Table,
                         Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import INTERVAL, JSONB, UUID
 
 metadata = MetaData(schema="skiplock")
 
@@ -70,6 +70,13 @@ queues = Table(
     Column("max_waiting", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("max_running", Integer),
+    Column("key_arg", Text),
+    Column("max_running_per_key", Integer),
+    Column("rate_limit", Integer),
+    Column("rate_period", INTERVAL),
+    Column("rate_starts", ARRAY(DateTime(timezone=True)), nullable=False),
+    Column("rate_counts", ARRAY(Integer), nullable=False),
 )
 
 workers = Table(

@@ -45,7 +45,7 @@ from .errors import (
     translate,
 )
 from .job import STATES, check_queue, check_task_name
-from .limits import QueueLimits
+from .limits import UNSET, QueueLimits, Unset, check_limits
 from .queries import api, batches, jobs, queues, schedules, session, workers
 from .queries import tasks as tasks_q
 from .runtime.pruner import prune_finished_jobs
@@ -375,11 +375,23 @@ class Operations:
         assert row is not None
         return row
 
-    async def set_queue_limits(self, name: str, *, max_waiting: int | None) -> dict[str, Any]:
-        """Beyond `max_waiting` waiting jobs, submissions to the queue are refused (QueueFull)."""
+    async def set_queue_limits(self, name: str, *, max_waiting: int | None | Unset = UNSET,
+                               max_running: int | None | Unset = UNSET,
+                               per_key: tuple[str, int] | None | Unset = UNSET,
+                               rate: tuple[int, float] | None | Unset = UNSET) -> dict[str, Any]:
+        """Set a queue's limits; those left out keep their value, None removes one. Workers apply
+        a change within 2 s (skiplock.limits.LIMITS_TTL), without a restart.
+
+        - `max_waiting`: beyond it, submissions are refused (QueueFull).
+        - `max_running`: at most this many of the queue's jobs run at once, over every worker.
+        - `per_key=(arg, n)`: at most n running jobs share one value of the argument `arg`.
+        - `rate=(n, seconds)`: at most n jobs start in any window of that many seconds."""
         name = check_queue(name, field="name")
+        given = {k: v for k, v in (("max_waiting", max_waiting), ("max_running", max_running),
+                                   ("per_key", per_key), ("rate", rate)) if not isinstance(v, Unset)}
+        values = check_limits(given)
         async with self._conn() as conn:
-            row = await api.set_max_waiting(conn, name, max_waiting)
+            row = await api.set_queue_limits(conn, name, sorted(given), **values)
         self.limits.forget()
         assert row is not None
         return row

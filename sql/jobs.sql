@@ -94,10 +94,17 @@ SELECT state, at, attempt, worker_id, error, correlation_id
 -- waiting job less the paused ones, found by one index descent per queue), or NULL for every
 -- queue when none is paused. Then exactly one branch runs (the others stop at their one-time
 -- filter): `one` reads that queue's range of jobs_queue_claim_idx in claim order; `many` takes
--- the first 2 x limit of each queue's range as candidates and locks them in claim order,
--- skipping those another claim holds (so a claim running beside it still fills up);
--- `every` reads jobs_claim_idx in claim order. tests/integration/test_claim_plan.py checks
--- the plans. `asked` hides the worker's queues from the planner: the plan must not depend
+-- the first 2 x limit of each queue's range as candidates and locks them, skipping those
+-- another claim holds (so a claim running beside it still fills up); `every` reads
+-- jobs_claim_idx in claim order. tests/integration/test_claim_plan.py checks the plans.
+-- Fair queues (`many`): within a priority, the candidates of the queues take turns (each
+-- queue's first, then each queue's second, ...), starting from the queue `turn` points at (the
+-- worker counts its claims), so a queue with a big backlog of older jobs cannot starve another;
+-- priority still comes first, and within a queue the order is run_at, id.
+-- Flow limits (max_running, per key, rate) are claim_batch_limited's: this claim takes nothing
+-- (`free`) while a queue it would read has one, so a worker whose cached view of the limits is
+-- out of date (skiplock/limits.py) never overshoots one; it switches at its next refresh.
+-- `asked` hides the worker's queues from the planner: the plan must not depend
 -- on them anyway, and planning with them known made each claim ~0.3 ms slower (the
 -- statement is still planned at each claim on a large table: with LIMIT known, a custom
 -- plan looks cheaper to PostgreSQL than the prepared generic one).
@@ -107,6 +114,13 @@ SELECT state, at, attempt, worker_id, error, correlation_id
 -- would count for the second. (Off saved ~0.3 ms of each pickup; correctness first.)
 WITH asked AS MATERIALIZED (
     SELECT %(queues)s::text[] AS queues
+), free AS MATERIALIZED (
+    SELECT NOT EXISTS (
+           SELECT 1 FROM skiplock.queues p
+            WHERE (p.max_running IS NOT NULL OR p.max_running_per_key IS NOT NULL OR p.rate_limit IS NOT NULL)
+              AND NOT p.paused
+              AND ((SELECT a.queues FROM asked a) IS NULL OR p.name = ANY ((SELECT a.queues FROM asked a)::text[])))
+           AS ok
 ), serve AS MATERIALIZED (
     SELECT CASE
              WHEN (SELECT a.queues FROM asked a) IS NOT NULL THEN
@@ -125,7 +139,7 @@ WITH asked AS MATERIALIZED (
 ), one AS (
     SELECT j.id
       FROM skiplock.jobs j
-     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1
+     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1 AND (SELECT f.ok FROM free f)
        AND j.queue = (SELECT s.queues[1] FROM serve s)
        AND j.state = 'queued'
        AND j.run_at <= coalesce(%(now)s, now())
@@ -133,26 +147,28 @@ WITH asked AS MATERIALIZED (
      LIMIT %(limit)s
        FOR UPDATE OF j SKIP LOCKED
 ), candidates AS (
-    SELECT c.id
-      FROM unnest((SELECT s.queues FROM serve s)) AS w(q)
+    SELECT c.id, c.priority, w.ord,
+           row_number() OVER (PARTITION BY w.q, c.priority ORDER BY c.run_at, c.id) AS rank
+      FROM unnest((SELECT s.queues FROM serve s)) WITH ORDINALITY AS w(q, ord)
      CROSS JOIN LATERAL (
-           SELECT k.id FROM skiplock.jobs k
+           SELECT k.id, k.priority, k.run_at FROM skiplock.jobs k
             WHERE k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
             ORDER BY k.priority, k.run_at, k.id
             LIMIT 2 * %(limit)s) c
-     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1
+     WHERE (SELECT cardinality(s.queues) FROM serve s) > 1 AND (SELECT f.ok FROM free f)
 ), many AS (
     SELECT j.id
       FROM skiplock.jobs j
+      JOIN candidates c ON c.id = j.id
      WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
        AND j.state = 'queued'                             -- expects of a LIMIT it does not know
-     ORDER BY j.priority, j.run_at, j.id
+     ORDER BY c.priority, c.rank, mod(c.ord - 1 + %(turn)s::bigint, (SELECT cardinality(s.queues) FROM serve s))
      LIMIT %(limit)s
        FOR UPDATE OF j SKIP LOCKED
 ), every AS (
     SELECT j.id
       FROM skiplock.jobs j
-     WHERE (SELECT s.queues FROM serve s) IS NULL
+     WHERE (SELECT s.queues FROM serve s) IS NULL AND (SELECT f.ok FROM free f)
        AND j.state = 'queued' AND j.id IS NOT NULL  -- jobs_claim_idx (see its comment)
        AND j.run_at <= coalesce(%(now)s, now())
      ORDER BY j.priority, j.run_at, j.id
@@ -170,6 +186,126 @@ UPDATE skiplock.jobs j
 RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
           j.timeout,
           j.checkpoint, j.run_at, j.created_at, j.correlation_id;
+
+-- name: claim_batch_limited
+-- claim_batch for workers that serve a queue with flow limits (the worker knows which from
+-- skiplock/limits.py): the same claim, plus the limits. `room` (skiplock.claim_room_v1) locks
+-- the served queues that have a max_running, per-key or rate limit and says how many more jobs
+-- each may start; `one` and the candidates of `many` take no more, and a keyed queue's
+-- candidates (its first 1000 due jobs) no more per key. `rated` records the claim in the
+-- queue's rate window. A worker of every queue reads the queues one at a time here (as while
+-- one is paused). Each queue's candidates are capped by a filter on their row number rather
+-- than a LIMIT the planner cannot read: with an unknown LIMIT it expected thousands of rows per
+-- queue and planned (and JIT-compiled) for them.
+WITH asked AS MATERIALIZED (
+    SELECT %(queues)s::text[] AS queues
+), limited AS MATERIALIZED (
+    SELECT array_agg(p.name ORDER BY p.name) AS queues
+      FROM skiplock.queues p
+     WHERE (p.max_running IS NOT NULL OR p.max_running_per_key IS NOT NULL OR p.rate_limit IS NOT NULL)
+       AND NOT p.paused
+       AND ((SELECT a.queues FROM asked a) IS NULL OR p.name = ANY ((SELECT a.queues FROM asked a)::text[]))
+), room AS MATERIALIZED (
+    SELECT r.* FROM skiplock.claim_room_v1((SELECT l.queues FROM limited l), %(now)s) r
+     WHERE (SELECT l.queues FROM limited l) IS NOT NULL
+), serve AS MATERIALIZED (
+    SELECT CASE
+             WHEN (SELECT a.queues FROM asked a) IS NOT NULL THEN
+               ARRAY(SELECT w.q FROM unnest((SELECT a.queues FROM asked a)) AS w(q)
+                      WHERE NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+             WHEN EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.paused)
+                  OR (SELECT l.queues FROM limited l) IS NOT NULL THEN
+               ARRAY(WITH RECURSIVE waiting(q) AS (
+                       SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued'
+                       UNION ALL
+                       SELECT (SELECT min(k.queue) FROM skiplock.jobs k WHERE k.state = 'queued' AND k.queue > w.q)
+                         FROM waiting w WHERE w.q IS NOT NULL)
+                     SELECT w.q FROM waiting w
+                      WHERE w.q IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM skiplock.queues p WHERE p.name = w.q AND p.paused))
+           END AS queues
+), one AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT cardinality(s.queues) FROM serve s) = 1
+       AND NOT EXISTS (SELECT 1 FROM room r WHERE r.key_arg IS NOT NULL)
+       AND j.queue = (SELECT s.queues[1] FROM serve s)
+       AND j.state = 'queued'
+       AND j.run_at <= coalesce(%(now)s, now())
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT least(%(limit)s, (SELECT r.room FROM room r WHERE r.queue = (SELECT s.queues[1] FROM serve s)))
+       FOR UPDATE OF j SKIP LOCKED
+), candidates AS (
+    SELECT c.id, c.priority, w.ord, c.rank
+      FROM unnest((SELECT s.queues FROM serve s)) WITH ORDINALITY AS w(q, ord)
+      LEFT JOIN room r ON r.queue = w.q
+     CROSS JOIN LATERAL (
+           SELECT x.id, x.priority,
+                  row_number() OVER (PARTITION BY x.priority ORDER BY x.run_at, x.id) AS rank,
+                  row_number() OVER (ORDER BY x.priority, x.run_at, x.id) AS nth
+             FROM ((SELECT k.id, k.priority, k.run_at FROM skiplock.jobs k
+                     WHERE r.key_arg IS NULL
+                       AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+                     ORDER BY k.priority, k.run_at, k.id
+                     LIMIT 2 * %(limit)s)
+                   UNION ALL
+                   (SELECT f.id, f.priority, f.run_at
+                      FROM (SELECT e.*, row_number() OVER (PARTITION BY e.key ORDER BY e.priority, e.run_at, e.id) AS n
+                              FROM (SELECT k.id, k.priority, k.run_at, coalesce(k.args ->> r.key_arg, '') AS key
+                                      FROM skiplock.jobs k
+                                     WHERE r.key_arg IS NOT NULL
+                                       AND k.queue = w.q AND k.state = 'queued' AND k.run_at <= coalesce(%(now)s, now())
+                                     ORDER BY k.priority, k.run_at, k.id
+                                     LIMIT 1000) e) f
+                     WHERE f.n <= coalesce(r.key_rooms[array_position(r.keys, f.key)], r.key_max)
+                     ORDER BY f.priority, f.run_at, f.id
+                     LIMIT 2 * %(limit)s)) x) c
+     WHERE c.nth <= coalesce(r.room, 2 * %(limit)s)  -- (a LIMIT the planner can read: its estimates stay small)
+       AND ((SELECT cardinality(s.queues) FROM serve s) > 1
+            OR ((SELECT cardinality(s.queues) FROM serve s) = 1
+                AND EXISTS (SELECT 1 FROM room r WHERE r.key_arg IS NOT NULL)))
+), many AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+      JOIN candidates c ON c.id = j.id
+     WHERE j.id = ANY (ARRAY(SELECT id FROM candidates))  -- primary-key probes, whatever the plan
+       AND j.state = 'queued'                             -- expects of a LIMIT it does not know
+     ORDER BY c.priority, c.rank, mod(c.ord - 1 + %(turn)s::bigint, (SELECT cardinality(s.queues) FROM serve s))
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), every AS (
+    SELECT j.id
+      FROM skiplock.jobs j
+     WHERE (SELECT s.queues FROM serve s) IS NULL
+       AND j.state = 'queued' AND j.id IS NOT NULL  -- jobs_claim_idx (see its comment)
+       AND j.run_at <= coalesce(%(now)s, now())
+     ORDER BY j.priority, j.run_at, j.id
+     LIMIT %(limit)s
+       FOR UPDATE OF j SKIP LOCKED
+), claimed AS (
+    UPDATE skiplock.jobs j
+       SET state = 'running',
+           attempt = j.attempt + 1,
+           worker_id = %(worker_id)s,
+           lease_expires_at = coalesce(%(now)s, (SELECT min(r.at) FROM room r), now())
+                              + make_interval(secs => %(lease_seconds)s),
+           started_at = coalesce(%(now)s, (SELECT min(r.at) FROM room r), now())
+     WHERE j.id = ANY (ARRAY(SELECT id FROM one UNION ALL SELECT id FROM many UNION ALL SELECT id FROM every))
+           -- primary-key probes (a join became a hash join over the whole table)
+    RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
+              j.timeout, j.checkpoint, j.run_at, j.created_at, j.correlation_id
+), rated AS (
+    UPDATE skiplock.queues p  -- drop the claims out of the window, append this one
+       SET rate_starts = ARRAY(SELECT s.at FROM unnest(p.rate_starts, p.rate_counts) WITH ORDINALITY AS s(at, k, i)
+                                WHERE s.at > n.at - p.rate_period ORDER BY s.i) || n.at,
+           rate_counts = ARRAY(SELECT s.k FROM unnest(p.rate_starts, p.rate_counts) WITH ORDINALITY AS s(at, k, i)
+                                WHERE s.at > n.at - p.rate_period ORDER BY s.i) || n.started
+      FROM (SELECT c.queue, count(*)::integer AS started, min(r.at) AS at
+              FROM claimed c JOIN room r ON r.queue = c.queue AND r.rated
+             GROUP BY c.queue) n
+     WHERE p.name = n.queue
+)
+SELECT * FROM claimed;
 
 -- name: finish_many_if_held
 -- Acknowledges a batch of outcomes in one statement. Fenced: a row changes only if it is

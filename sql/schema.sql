@@ -154,9 +154,31 @@ CREATE TABLE skiplock.queues (
     max_waiting integer,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
+    -- Flow control, enforced by the claim (skiplock.claim_room_v1): at most max_running jobs of
+    -- the queue run at once; with key_arg, at most max_running_per_key of them share one value
+    -- of that argument (args ->> key_arg; jobs without it share the key ''); at most rate_limit
+    -- start in any window of rate_period. NULL: no such limit.
+    max_running         integer,
+    key_arg             text,
+    max_running_per_key integer,
+    rate_limit          integer,
+    rate_period         interval,
+    -- Written by claims, not by hand: the queue's claims within its rate period, oldest first:
+    -- when each decided (rate_starts) and how many jobs it started (rate_counts).
+    rate_starts         timestamptz[] NOT NULL DEFAULT '{}',
+    rate_counts         integer[]     NOT NULL DEFAULT '{}',
     CONSTRAINT queues_pkey PRIMARY KEY (name),
     CONSTRAINT queues_name_format CHECK (length(name) BETWEEN 1 AND 63 AND name !~ '[^a-z0-9_.-]' AND name !~ '^[.-]'),
-    CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0)
+    CONSTRAINT queues_max_waiting_positive CHECK (max_waiting IS NULL OR max_waiting > 0),
+    CONSTRAINT queues_max_running_positive CHECK (max_running IS NULL OR max_running > 0),
+    CONSTRAINT queues_per_key_limit CHECK (
+        (key_arg IS NULL) = (max_running_per_key IS NULL)
+        AND (max_running_per_key IS NULL OR max_running_per_key > 0)
+        AND (key_arg IS NULL OR length(key_arg) BETWEEN 1 AND 255)),
+    CONSTRAINT queues_rate_limit CHECK (
+        (rate_limit IS NULL) = (rate_period IS NULL)
+        AND (rate_limit IS NULL OR rate_limit > 0)
+        AND (rate_period IS NULL OR (rate_period > interval '0' AND rate_period <= interval '1 day')))
 );
 
 CREATE TABLE skiplock.workers (
@@ -515,6 +537,46 @@ BEGIN
               DETAIL = json_build_object('queue', candidate, 'waiting', waiting, 'max_waiting', lim)::text;
     END IF;
   END LOOP;
+END
+$$;
+
+-- Flow control: the one place its rules live. The claim (sql/jobs.sql: claim_batch) calls it for
+-- the queues it takes from that have a max_running, a per-key limit or a rate limit, and takes at
+-- most `room` jobs from each (and per key, at most key_rooms[i] of key keys[i], key_max of any
+-- other). It locks those queues' rows in name order until the claim commits, so the claims of a
+-- limited queue decide one at a time, whatever the number of workers; queues without limits are
+-- never locked. The counts run after the lock is granted, each as a statement of its own, so under
+-- READ COMMITTED (the workers' claims) they see the jobs the previous claim started. Running jobs
+-- are counted from the table (a rescued or finished job frees its slot at that commit); starts
+-- from rate_starts, within (at - rate_period, at]. `at` is the clock once every lock is held, so
+-- the claims of a queue record their starts in the order they decided: a later claim never
+-- records an earlier time than one it waited for.
+CREATE FUNCTION skiplock.claim_room_v1(queues text[], now timestamptz)
+RETURNS TABLE (queue text, room integer, key_arg text, key_max integer, keys text[], key_rooms integer[],
+               at timestamptz, rated boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+  t timestamptz;
+BEGIN
+  PERFORM 1 FROM skiplock.queues q WHERE q.name = ANY (claim_room_v1.queues) ORDER BY q.name FOR UPDATE;
+  t := coalesce(claim_room_v1.now, clock_timestamp());
+  RETURN QUERY
+  SELECT q.name,
+         greatest(0, least(
+           coalesce(q.max_running - (SELECT count(*) FROM skiplock.jobs j
+                                      WHERE j.state = 'running' AND j.queue = q.name), 2147483647),
+           coalesce(q.rate_limit - (SELECT coalesce(sum(s.n), 0) FROM unnest(q.rate_starts, q.rate_counts) AS s(at, n)
+                                     WHERE s.at > t - q.rate_period), 2147483647)))::integer,
+         q.key_arg, q.max_running_per_key, k.keys, k.rooms, t, q.rate_limit IS NOT NULL
+    FROM skiplock.queues q
+    LEFT JOIN LATERAL (
+         SELECT array_agg(r.key) AS keys, array_agg(greatest(0, q.max_running_per_key - r.n)::integer) AS rooms
+           FROM (SELECT coalesce(j.args ->> q.key_arg, '') AS key, count(*) AS n
+                   FROM skiplock.jobs j
+                  WHERE j.state = 'running' AND j.queue = q.name
+                  GROUP BY 1) r
+          WHERE q.key_arg IS NOT NULL) k ON true
+   WHERE q.name = ANY (claim_room_v1.queues);
 END
 $$;
 

@@ -1,11 +1,13 @@
-"""/queues: counts, throughput and age, a page at a time; pause, resume, the waiting-jobs
-limit, and deleting an empty queue.
+"""/queues: counts, throughput and age, a page at a time; pause, resume, the limits (waiting
+jobs, running jobs, per key, rate), and deleting an empty queue.
 
 A queue exists while jobs name it or it has settings: pausing or limiting a queue before its
 first job arrives is how one is prepared, so any valid name may be configured. What bounds
 that is the listing's paging and DELETE /queues/{name}."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,7 +17,7 @@ from skiplock.job import check_queue
 
 from .bodies import read_json, validate
 from .context import api, query_int
-from .schemas import QueueLimits, QueueOut, QueuePage, QueueState
+from .schemas import FlowLimits, PerKey, QueueLimits, QueueOut, QueuePage, QueueState, Rate
 
 DEFAULT_LIMIT = 100
 
@@ -31,25 +33,35 @@ async def list_queues(request: Request) -> Response:
     if unknown:
         raise InvalidInput(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
     page = await api(request).ops.queues(limit=query_int(p, "limit", DEFAULT_LIMIT), cursor=p.get("cursor"))
-    return _json(QueuePage(queues=[QueueOut(**r) for r in page.queues], next_cursor=page.next_cursor))
+    return _json(QueuePage(queues=[QueueOut(**FlowLimits.nested(r)) for r in page.queues],
+                           next_cursor=page.next_cursor))
 
 
 async def pause(request: Request) -> Response:
     """POST /queues/{name}/pause: workers stop claiming from it; it still accepts jobs."""
-    return _json(QueueState(**await api(request).ops.pause_queue(request.path_params["name"])))
+    return _json(QueueState(**FlowLimits.nested(await api(request).ops.pause_queue(request.path_params["name"]))))
 
 
 async def resume(request: Request) -> Response:
-    return _json(QueueState(**await api(request).ops.resume_queue(request.path_params["name"])))
+    return _json(QueueState(**FlowLimits.nested(await api(request).ops.resume_queue(request.path_params["name"]))))
 
 
 async def set_limits(request: Request) -> Response:
-    """PUT /queues/{name}: {"max_waiting": N | null}; beyond N waiting jobs POST /jobs answers 429."""
+    """PUT /queues/{name}: {"max_waiting", "max_running", "per_key", "rate"}, each optional (left
+    out: unchanged; null: no limit). Workers apply it within 2 s."""
     state = api(request)
     name = check_queue(request.path_params["name"], field="name")
     body = validate(QueueLimits, await read_json(request, state.settings.max_body_bytes))
-    row = await state.ops.set_queue_limits(name, max_waiting=body.max_waiting)
-    return _json(QueueState(**row))
+    given: dict[str, Any] = {}
+    for field in body.model_fields_set:
+        value = getattr(body, field)
+        if isinstance(value, PerKey):
+            value = (value.arg, value.max_running)
+        elif isinstance(value, Rate):
+            value = (value.limit, value.period)
+        given[field] = value
+    row = await state.ops.set_queue_limits(name, **given)
+    return _json(QueueState(**FlowLimits.nested(row)))
 
 
 async def delete(request: Request) -> Response:

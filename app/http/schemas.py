@@ -63,6 +63,8 @@ UuidText = Annotated[uuid.UUID, Field(strict=False), BeforeValidator(_uuid_text)
 Attempts = Annotated[int, Field(strict=False, ge=1, le=1000), BeforeValidator(_json_number)]
 WaitingLimit = Annotated[int, Field(strict=False, ge=1, le=1_000_000_000), BeforeValidator(_json_number)]
 MAX_JOB_INDEX = 100_000
+RateCount = Annotated[int, Field(strict=False, ge=1, le=1_000_000), BeforeValidator(_json_number)]
+Seconds = Annotated[float, Field(strict=False, ge=0.001, le=86_400), BeforeValidator(_json_number)]
 
 
 def _dependency(v: Any) -> Any:
@@ -248,7 +250,38 @@ class BatchPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next (older) page; null at the end")
 
 
-class QueueOut(BaseModel):
+class PerKey(Strict):
+    arg: str = Field(min_length=1, max_length=255, pattern=NO_NUL,
+                     description="The argument whose value is the key (jobs without it share one key)")
+    max_running: WaitingLimit = Field(description="Most running jobs with the same value")
+
+
+class Rate(Strict):
+    limit: RateCount = Field(description="Most jobs started in any window of `period`")
+    period: Seconds = Field(description="The window, in seconds")
+
+
+class FlowLimits(BaseModel):
+    """A queue's flow limits, as stored in skiplock.queues."""
+
+    max_running: int | None = Field(description="Most jobs of the queue running at once, over every worker; "
+                                                "null = no limit")
+    per_key: PerKey | None = Field(description="Most running jobs per value of one argument; null = no limit")
+    rate: Rate | None = Field(description="Most jobs started per period; null = no limit")
+
+    @staticmethod
+    def nested(row: dict[str, Any]) -> dict[str, Any]:
+        """A row's flat limit columns (key_arg, rate_limit, ...) as this model's fields."""
+        data = {k: v for k, v in row.items()
+                if k not in ("key_arg", "max_running_per_key", "rate_limit", "rate_period")}
+        data["per_key"] = (None if row.get("key_arg") is None
+                           else {"arg": row["key_arg"], "max_running": row["max_running_per_key"]})
+        data["rate"] = (None if row.get("rate_limit") is None
+                        else {"limit": row["rate_limit"], "period": row["rate_period"]})
+        return data
+
+
+class QueueOut(FlowLimits):
     queue: str
     paused: bool
     ready: int
@@ -270,11 +303,18 @@ class QueuePage(BaseModel):
 
 
 class QueueLimits(Strict):
-    max_waiting: WaitingLimit | None = Field(
-        description="Most waiting jobs; null = no limit")
+    """The limits to change; those left out keep their value, null removes one."""
+
+    max_waiting: WaitingLimit | None = Field(default=None, description="Most waiting jobs; null = no limit")
+    max_running: WaitingLimit | None = Field(
+        default=None, description="Most jobs of the queue running at once, over every worker; null = no limit")
+    per_key: PerKey | None = Field(default=None, description="Most running jobs per value of one argument; "
+                                                             "null = no limit")
+    rate: Rate | None = Field(default=None, description="Most jobs started in any window of a period; "
+                                                        "null = no limit")
 
 
-class QueueState(BaseModel):
+class QueueState(FlowLimits):
     name: str
     paused: bool
     max_waiting: int | None

@@ -70,12 +70,25 @@ def _claimed_job_row(cursor: Any) -> Any:
 
 
 async def claim_batch(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
-                      lease_seconds: float, now: datetime | None = None) -> list[ClaimedJob]:
-    """Rows straight into ClaimedJob (columns in field order), without a dict per row."""
+                      lease_seconds: float, now: datetime | None = None, turn: int = 0) -> list[ClaimedJob]:
+    """Rows straight into ClaimedJob (columns in field order), without a dict per row. `turn`
+    says which of several queues goes first among equals (fair queues: count the claims). Takes
+    nothing while one of `queues` (None: all) has a flow limit: use claim_batch_limited then."""
+    return await _claim(conn, "claim_batch", worker_id, queues, limit, lease_seconds, now, turn)
+
+
+async def claim_batch_limited(conn: AsyncConn, *, worker_id: str, queues: Sequence[str] | None, limit: int,
+                              lease_seconds: float, now: datetime | None = None, turn: int = 0) -> list[ClaimedJob]:
+    """claim_batch within the queues' flow limits (max_running, per key, rate)."""
+    return await _claim(conn, "claim_batch_limited", worker_id, queues, limit, lease_seconds, now, turn)
+
+
+async def _claim(conn: AsyncConn, name: str, worker_id: str, queues: Sequence[str] | None, limit: int,
+                 lease_seconds: float, now: datetime | None, turn: int) -> list[ClaimedJob]:
     async with conn.cursor(row_factory=_claimed_job_row) as cur:
-        await cur.execute(q("claim_batch"), {
+        await cur.execute(q(name), {
             "worker_id": worker_id, "queues": list(queues) if queues else None, "limit": limit,
-            "lease_seconds": lease_seconds, "now": now})
+            "lease_seconds": lease_seconds, "now": now, "turn": turn})
         rows: list[ClaimedJob] = await cur.fetchall()
         return rows
 

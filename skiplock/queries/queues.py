@@ -47,3 +47,15 @@ async def reserve_queue_room(conn: AsyncConn, queues: Sequence[str], wanted: Seq
     """Lock the limited ones of `queues` until the transaction ends (call inside the one that
     inserts); psycopg's CheckViolation (constraint queues_max_waiting) when one lacks room."""
     await fetch_all(conn, "reserve_queue_room", {"queues": list(queues), "wanted": list(wanted)})
+
+
+async def flow_limited_queues(conn: AsyncConn) -> set[str]:
+    """Names of the queues that have a max_running, per-key or rate limit."""
+    return {str(r["name"]) for r in await fetch_all(conn, "flow_limited_queues", {})}
+
+
+async def next_rate_room(conn: AsyncConn, queues: Sequence[str] | None, now: datetime | None = None) -> float | None:
+    """Seconds until the first of `queues` (None: all) that its rate limit holds back has room
+    again (None: none is held back)."""
+    row = await fetch_one(conn, "next_rate_room", {"queues": list(queues) if queues else None, "now": now})
+    return None if row is None or row["wait"] is None else float(row["wait"])

@@ -22,7 +22,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..context import JobContext
 from ..events import emit, log
 from ..job import ClaimedJob
-from ..queries import jobs
+from ..limits import QueueLimits
+from ..queries import jobs, queues
 from ..storable import MAX_RESULT_BYTES
 from ..tasks import TaskRegistry
 from .executor import Outcome, execute, failed_attempt
@@ -59,7 +60,7 @@ class Producer(Service):
                  poll_interval: float, on_outcome: Callable[[Outcome], None],
                  on_update: Callable[[JobContext], None], healthy: Callable[[], bool] = lambda: True,
                  burst: bool = False, max_result_bytes: int = MAX_RESULT_BYTES,
-                 transactions: HandlerTransactions | None = None) -> None:
+                 transactions: HandlerTransactions | None = None, limits: QueueLimits | None = None) -> None:
         super().__init__()
         self.pool = pool
         self.inflight = inflight
@@ -82,6 +83,11 @@ class Producer(Service):
         self._held_back = False
         self._maybe_more = True
         self._unsure = False  # a claim failed: it may have committed rows we never received
+        self.limits = limits if limits is not None else QueueLimits()
+        self.turn = 0  # claims so far: which queue goes first among equals (fair queues)
+        self.held_by_limit: float | None = None
+        """After a short claim from queues with flow limits: seconds until a rate limit gives
+        room again (inf: only a finished job can); None when no limit applies."""
 
     def notify(self, _queue: str = "") -> None:
         """New jobs may be ready (a NOTIFY, or the listener reconnected): look now."""
@@ -128,6 +134,7 @@ class Producer(Service):
         for job in claimed:
             self._start(job, debug)
         self.claimed += len(claimed)
+        self.held_by_limit = None if self._maybe_more or error is not None else await self._limit_wait()
         if error is not None:
             raise error
         return len(claimed)
@@ -144,9 +151,34 @@ class Producer(Service):
                  worker=self.worker_id, reason="taken by a claim whose answer was lost; back in its queue, unstarted")
 
     async def _claim(self, limit: int) -> list[ClaimedJob]:
+        self.turn += 1
         async with self.pool.connection() as conn:
-            return await jobs.claim_batch(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
-                                          lease_seconds=self.lease_seconds)
+            limited = self._limited(await self.limits.flow_limited(conn))
+            claim = jobs.claim_batch_limited if limited else jobs.claim_batch
+            return await claim(conn, worker_id=self.worker_id, queues=self.queues, limit=limit,
+                               lease_seconds=self.lease_seconds, turn=self.turn)
+
+    def _limited(self, flow_limited: frozenset[str]) -> frozenset[str]:
+        """The served queues among those with flow limits."""
+        return flow_limited if self.queues is None else flow_limited.intersection(self.queues)
+
+    async def _due_but_held(self) -> bool:
+        """Burst mode: whether due jobs wait that a limit held back (then it does not exit yet)."""
+        if self.held_by_limit is None:
+            return False
+        async with self.pool.connection() as conn:
+            return await queues.count_ready(conn, self.queues) > 0
+
+    async def _limit_wait(self) -> float | None:
+        """After a claim that found fewer jobs than free slots: None if no served queue has a flow
+        limit (it found every due job); else how long until a rate limit gives room again (inf:
+        only a job of the queue finishing can, which for our own jobs is their acknowledgement)."""
+        async with self.pool.connection() as conn:
+            served = self._limited(await self.limits.flow_limited(conn))
+            if not served:
+                return None
+            wait = await queues.next_rate_room(conn, sorted(served))
+        return float("inf") if wait is None else max(0.0, wait)
 
     def _start(self, job: ClaimedJob, debug: bool) -> None:
         ctx = JobContext(job_id=job.id, task=job.task, queue=job.queue, attempt=job.attempt,
@@ -250,9 +282,15 @@ class Producer(Service):
                 # A claim that found fewer jobs than free slots found them all: the next claim
                 # waits for a NOTIFY, a freed slot or the poll (an idle worker used to run an
                 # empty claim right after each pickup, before the handler had even started).
-                if self.burst and not claimed and not inflight.running:
+                if self.burst and not claimed and not inflight.running and not await self._due_but_held():
                     return
-            # Held back by unconfirmed outcomes: room comes with the next acknowledgement.
-            wake = (self._wakeup, inflight.acknowledged) if self._held_back else (self._wakeup,)
-            await self._wait_for(*wake, within=self.poll_interval)
+            # Held back by unconfirmed outcomes, or by a queue's max_running: room comes with the
+            # next acknowledgement (of our jobs; another worker's is seen at the poll). Held back
+            # by a rate limit: room comes when its window moves on.
+            held = self._held_back or self.held_by_limit is not None
+            wake = (self._wakeup, inflight.acknowledged) if held else (self._wakeup,)
+            within = self.poll_interval
+            if self.held_by_limit is not None:
+                within = min(within, self.held_by_limit + 0.001)
+            await self._wait_for(*wake, within=within)
 

@@ -290,15 +290,18 @@ def test_rescue_on_the_last_attempt_moves_the_job_to_failed(db_url, pg_conn, mak
     assert row["state"] == "failed" and "lease expired" in row["last_error"]
 
 
-def test_claim_order_is_priority_then_run_at_then_id_across_queues_and_skips_paused_and_future(
+def test_claim_order_is_priority_then_fair_turns_across_queues_and_skips_paused_and_future(
         db_url, pg_conn, make_job):
     """Claims of 3 rows at a time, until nothing is left, take the due jobs of unpaused queues in
-    exactly the order computed here in Python: priority, then run_at, then id."""
+    exactly the order computed here in Python: priority first; within a priority the queues take
+    turns (each queue's first job in run_at, id order, then each one's second, ...), the queues
+    in name order (turn 0; a queue is served while it holds a queued job, due or not)."""
     rnd = random.Random(7)
     now = datetime.now(UTC)
     pg_conn.execute("INSERT INTO skiplock.queues (name, paused) VALUES ('paused_q', true)")
     pg_conn.commit()
-    due: list[tuple[int, datetime, uuid.UUID]] = []
+    due: list[tuple[int, datetime, uuid.UUID, str]] = []
+    later: set[str] = set()
     for _ in range(60):
         queue = rnd.choice(["a", "b", "c", "paused_q"])
         priority = rnd.randrange(3)
@@ -307,9 +310,23 @@ def test_claim_order_is_priority_then_run_at_then_id_across_queues_and_skips_pau
             run_at = now + timedelta(hours=1)  # not due
         job = make_job(queue=queue, priority=priority, run_at=run_at)
         if queue != "paused_q" and run_at <= now:
-            due.append((priority, run_at, job))
-    expected = [job for _, _, job in sorted(due)]
-    assert len(expected) > 20
+            due.append((priority, run_at, job, queue))
+        elif queue != "paused_q":
+            later.add(queue)
+    assert len(due) > 20
+
+    expected: list[set[uuid.UUID]] = []
+    left = list(due)
+    while left:
+        served = sorted({q for *_, q in left} | later)
+        rank: dict[uuid.UUID, int] = {}
+        for q in served:
+            for p in range(3):
+                mine = sorted((r, i) for pr, r, i, qq in left if qq == q and pr == p)
+                rank.update({i: n for n, (_, i) in enumerate(mine)})
+        order = sorted(left, key=lambda t: (t[0], rank[t[2]], served.index(t[3])))
+        expected.append({t[2] for t in order[:3]})
+        left = order[3:]
 
     async def claim_all() -> list[list[uuid.UUID]]:
         batches: list[list[uuid.UUID]] = []
@@ -320,7 +337,7 @@ def test_claim_order_is_priority_then_run_at_then_id_across_queues_and_skips_pau
 
     batches = run(claim_all())
     # RETURNING order within one statement is not guaranteed: compare each batch as a set
-    assert [set(b) for b in batches] == [set(expected[i:i + 3]) for i in range(0, len(expected), 3)]
+    assert [set(b) for b in batches] == expected
 
 
 def test_worker_only_takes_its_queues(db_url, pg_conn, reg):

@@ -224,7 +224,7 @@ def test_retry_ack_races_rescue_row_by_row(chaos_url: str) -> None:
         with psycopg.connect(chaos_url, autocommit=True) as c:
             c.execute("SELECT skiplock.enqueue('chaos.work', '{}') FROM generate_series(1, %s)", (n,))
             claimed = c.execute(q("claim_batch"), {"worker_id": worker, "queues": None, "limit": n,
-                                                   "lease_seconds": 0.001, "now": None}).fetchall()
+                                                   "lease_seconds": 0.001, "now": None, "turn": 0}).fetchall()
             job_ids = [row[0] for row in claimed]
             assert len(job_ids) == n
             wait_for(lambda c=c, ids=job_ids: c.execute(
