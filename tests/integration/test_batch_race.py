@@ -26,7 +26,7 @@ def new_batch(c: psycopg.Connection[Any]) -> uuid.UUID:
 
 def claim_one(c: psycopg.Connection[Any], worker: str) -> dict[str, Any]:
     [job] = c.execute(q("claim_batch"), {"worker_id": worker, "queues": ["default"], "limit": 1,
-                                         "lease_seconds": 60, "now": None}).fetchall()
+                                         "lease_seconds": 60, "now": None, "turn": 0}).fetchall()
     return job
 
 

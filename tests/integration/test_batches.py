@@ -43,7 +43,7 @@ def exact(c: psycopg.Connection[Any], batch: uuid.UUID) -> dict[str, int]:
 def claim(c: psycopg.Connection[Any], worker: str, limit: int, now: datetime | None = None) -> list[Any]:
     """Claim from the batches' queue (completion jobs go to queue `reports`)."""
     return c.execute(q("claim_batch"), {"worker_id": worker, "queues": ["default"], "limit": limit, "lease_seconds": 30,
-                                        "now": now}).fetchall()
+                                        "now": now, "turn": 0}).fetchall()
 
 
 def finish(c: psycopg.Connection[Any], worker: str, jobs: list[Any], state: str, error: str | None = None) -> None:

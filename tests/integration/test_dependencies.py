@@ -336,7 +336,7 @@ def test_a_plain_job_runs_no_row_trigger_function_and_a_dependent_one_runs_the_d
             if depends:
                 c.execute(q("insert_job"), {**params, "id": uuid.uuid4(), "depends_on": [a]})
             [claimed] = c.execute(q("claim_batch"), {"worker_id": "w", "queues": None, "limit": 1,
-                                                     "lease_seconds": 30, "now": None}).fetchall()
+                                                     "lease_seconds": 30, "now": None, "turn": 0}).fetchall()
             c.execute(q("finish_many_if_held"), {
                 "worker_id": "w", "ids": [claimed[0]], "attempts": [claimed[5]], "states": ["succeeded"],
                 "results": None, "errors": None, "run_ats": None, "checkpoints": None, "progresses": None,

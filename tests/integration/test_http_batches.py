@@ -26,7 +26,7 @@ def run_all(db_url: str, state: str = "succeeded") -> None:
     """Claim and end every queued job of queue default, as a worker would."""
     with psycopg.connect(db_url, autocommit=True) as c:
         while rows := c.execute(q("claim_batch"), {"worker_id": "w", "queues": ["default"], "limit": 100,
-                                                   "lease_seconds": 30, "now": None}).fetchall():
+                                                   "lease_seconds": 30, "now": None, "turn": 0}).fetchall():
             c.execute(q("finish_many_if_held"), {
                 "worker_id": "w", "ids": [r[0] for r in rows], "attempts": [r[5] for r in rows],
                 "states": [state] * len(rows), "results": None, "errors": ["no"] * len(rows) if state == "failed"
