@@ -133,3 +133,31 @@ def test_the_database_refuses_what_parking_must_not_do(db_url: str):
             c.execute("SELECT skiplock.resume(%s)", (job,))
         with pytest.raises(psycopg.errors.CheckViolation, match="not parked"):
             c.execute("SELECT skiplock.fail(%s, 'x')", (job,))
+
+
+def test_http_resume_and_fail_of_parked_jobs(db_url: str):
+    from starlette.testclient import TestClient
+
+    import app.tasks  # noqa: F401 - registers the example tasks
+    from app.http import create_app
+    from app.settings import Settings
+
+    with psycopg.connect(db_url, autocommit=True) as c:
+        ids = [c.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"x\"}')").fetchone()[0]  # type: ignore[index]
+               for _ in range(2)]
+        for j in ids:  # parked by hand, as park_many_if_held does
+            c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                      "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (j,))
+            c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                      "last_error = 'look', parked = '{\"reason\": \"look\"}' WHERE id = %s", (j,))
+    with TestClient(create_app(Settings(database_url=db_url)), base_url="http://localhost:8000") as client:
+        listed = client.get("/jobs", params={"state": "waiting"}).json()["jobs"]
+        assert {j["id"] for j in listed} == {str(j) for j in ids} and listed[0]["parked"] == {"reason": "look"}
+        r = client.post(f"/jobs/{ids[0]}/resume", json={"data": {"fixed": True}}, headers={"X-Request-ID": "op-1"})
+        assert r.status_code == 200 and (r.json()["state"], r.json()["review"]) == ("queued", {"fixed": True})
+        assert client.post(f"/jobs/{ids[0]}/resume", json={}).status_code == 409
+        r = client.post(f"/jobs/{ids[1]}/fail", json={"reason": "cannot be fixed"})
+        assert r.status_code == 200 and (r.json()["state"], r.json()["last_error"]) == ("failed", "cannot be fixed")
+        assert client.post(f"/jobs/{ids[1]}/fail", json={"reason": 5}).status_code == 422
+        history = client.get(f"/jobs/{ids[0]}").json()["history"]
+        assert [(h["state"], h["correlation_id"]) for h in history][-1] == ("queued", "op-1")
