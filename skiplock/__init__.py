@@ -24,6 +24,7 @@ from .errors import (
     JobCancelled,
     JobNotFound,
     NonRetryableError,
+    Park,
     QueueFull,
     ScheduleNotFound,
     SkiplockError,
@@ -39,7 +40,7 @@ __all__ = [
     "seal_batch",
     "PRIORITIES", "STATES", "Backoff", "DatabaseUnavailable", "Enqueued", "IdempotencyConflict",
     "InvalidArguments", "InvalidInput", "InvalidTransition", "JobCancelled", "JobContext", "JobNotFound",
-    "JobPage", "JobSpec", "NonRetryableError", "Operations", "QueueFull", "Schedule", "ScheduleNotFound",
+    "JobPage", "JobSpec", "NonRetryableError", "Operations", "Park", "QueueFull", "Schedule", "ScheduleNotFound",
     "SkiplockError", "Task", "TaskRegistry", "UnknownTask", "Worker", "enqueue", "enqueue_many", "registry",
     "schedule", "task", "uuid7",
 ]

@@ -6,9 +6,9 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
-from .errors import InvalidInput, JobCancelled
+from .errors import InvalidInput, JobCancelled, Park
 from .storable import MAX_RESULT_BYTES, to_json
 
 
@@ -20,13 +20,14 @@ class JobContext:
     (`skiplock.jobs.checkpoint`, `.progress`). Both work from async and sync handlers, and
     both raise InvalidInput, in the handler, for a value that cannot be stored (see
     skiplock.storable) or is larger than `max_json_bytes`. `correlation_id` is the id of the
-    request that submitted the job (None if it had none).
+    request that submitted the job (None if it had none). `review` is what the operator who
+    resumed the job from a park gave this attempt (None otherwise).
     """
 
     def __init__(self, *, job_id: uuid.UUID, task: str, queue: str, attempt: int, max_attempts: int,
                  checkpoint: Any, worker_id: str, on_update: Callable[[JobContext], None],
                  max_json_bytes: int = MAX_RESULT_BYTES, correlation_id: str | None = None,
-                 open_transaction: Callable[[JobContext], Awaitable[Any]] | None = None) -> None:
+                 open_transaction: Callable[[JobContext], Awaitable[Any]] | None = None, review: Any = None) -> None:
         self.job_id = job_id
         self.task = task
         self.queue = queue
@@ -35,6 +36,7 @@ class JobContext:
         self.checkpoint = checkpoint
         self.worker_id = worker_id
         self.correlation_id = correlation_id
+        self.review = review
         self._on_update = on_update
         self._open_transaction = open_transaction
         self.max_json_bytes = max_json_bytes
@@ -72,6 +74,13 @@ class JobContext:
             raise InvalidInput("ctx.transaction() needs an async handler (async def): a sync handler runs on "
                                "a thread of its own", field="transaction") from None
         return self._open_transaction(self)
+
+    def park(self, reason: str, data: Any = None) -> NoReturn:
+        """Park the job for a person and end this attempt (raises Park): the job waits in state
+        `waiting`, without failing and with this attempt given back, until an operator resumes
+        it (the next attempt gets the operator's data as `ctx.review`), fails it or cancels it.
+        `reason` (text) and `data` (JSON) show in skiplock.parked_jobs, the API and the dashboard."""
+        raise Park(reason, data)
 
     def progress(self, percent: float, message: str | None = None) -> None:
         """Report progress: 0-100 and an optional message."""

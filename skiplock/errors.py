@@ -109,6 +109,18 @@ class NonRetryableError(Exception):
     """Raise from a task handler to fail the job at once, without further attempts."""
 
 
+class Park(Exception):
+    """Raise from a task handler (or call ctx.park) to park the job for a person: it leaves the
+    queue in state `waiting`, without failing and with this attempt given back, until an
+    operator resumes it (its next attempt gets the operator's data as ctx.review), fails it or
+    cancels it. `reason` (text) and `data` (JSON) are what the operator sees."""
+
+    def __init__(self, reason: str, data: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+
 class JobCancelled(Exception):
     """Raised inside a handler (via the context) when its job was cancelled."""
 
@@ -130,7 +142,8 @@ _CONSTRAINTS: dict[str, tuple[type[SkiplockError], str | None]] = {
     "jobs_depends_on_ended": (InvalidInput, "depends_on"),
     "jobs_depends_on_cycle": (InvalidInput, "depends_on"),
     "jobs_depends_on_size": (InvalidInput, "depends_on"),
-    "jobs_waiting_has_dependencies": (InvalidTransition, "state"),
+    "jobs_waiting_has_a_reason": (InvalidTransition, "state"),
+    "jobs_parked_waiting": (InvalidTransition, "state"),
     "batches_sealed": (BatchSealed, "batch_id"),
     "batches_on_complete_valid": (InvalidInput, "on_complete"),
 }

@@ -74,3 +74,4 @@ class ClaimedJob:
     run_at: datetime
     created_at: datetime
     correlation_id: str | None
+    review: Any = None  # what the operator who resumed it from a park gave this attempt

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import re
 import time
 import uuid
@@ -49,6 +50,7 @@ from .limits import UNSET, QueueLimits, Unset, check_limits
 from .queries import api, batches, jobs, queues, schedules, session, workers
 from .queries import tasks as tasks_q
 from .runtime.pruner import prune_finished_jobs
+from .storable import Unstorable, to_json
 from .tasks import TaskRegistry
 from .tasks import registry as default_registry
 from .wakeup import Wakeups
@@ -304,6 +306,24 @@ class Operations:
         whose dependencies have not all succeeded; InvalidTransition while one of them is failed
         or cancelled); InvalidTransition otherwise. Returns the job's row."""
         return await self._transition(jobs.retry_job, job_id, correlation_id)
+
+    async def resume(self, job_id: str | uuid.UUID, data: Any = None, *,
+                     correlation_id: str | None = None) -> dict[str, Any]:
+        """A parked job back in its queue, due now; its next attempt gets `data` (JSON) as
+        ctx.review. InvalidTransition for a job that is not parked. Returns the job's row."""
+        try:
+            stored = None if data is None else db.jsonb(json.loads(to_json(data, what="data", limit=MAX_ARGS_BYTES)))
+        except Unstorable as exc:
+            raise InvalidInput(exc.message, field="data") from None
+        return await self._transition(lambda conn, jid: jobs.resume_job(conn, jid, stored), job_id, correlation_id)
+
+    async def fail(self, job_id: str | uuid.UUID, reason: str | None = None, *,
+                   correlation_id: str | None = None) -> dict[str, Any]:
+        """A parked job failed for good (dead-letter set), with `reason` as its last error.
+        InvalidTransition for a job that is not parked. Returns the job's row."""
+        if reason is not None and (not isinstance(reason, str) or not 1 <= len(reason) <= 2000):
+            raise InvalidInput("reason must be a text of 1-2000 characters", field="reason")
+        return await self._transition(lambda conn, jid: jobs.fail_job(conn, jid, reason), job_id, correlation_id)
 
     async def _transition(self, action: Callable[[db.AsyncConn, uuid.UUID], Any], job_id: str | uuid.UUID,
                           correlation_id: str | None) -> dict[str, Any]:

@@ -185,7 +185,7 @@ UPDATE skiplock.jobs j
        -- primary-key probes (a join became a hash join over the whole table)
 RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
           j.timeout,
-          j.checkpoint, j.run_at, j.created_at, j.correlation_id;
+          j.checkpoint, j.run_at, j.created_at, j.correlation_id, j.review;
 
 -- name: claim_batch_limited
 -- claim_batch for workers that serve a queue with flow limits (the worker knows which from
@@ -365,6 +365,23 @@ SELECT i.id, false FROM input i
 SELECT 1 AS held FROM skiplock.jobs
  WHERE id = %(id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s AND state = 'running';
 
+-- name: park_many_if_held
+-- Handlers that parked their job for a person: waiting, with the reason (also last_error, on
+-- the timeline) and the handler's data, and the attempt given back (a park uses up no
+-- attempt). Fenced like finish_many_if_held.
+UPDATE skiplock.jobs j
+   SET state = 'waiting', attempt = j.attempt - 1, lease_expires_at = NULL, last_error = r.reason,
+       parked = jsonb_build_object('reason', r.reason, 'data', r.data, 'at', coalesce(%(now)s, now()),
+                                   'attempt', j.attempt, 'worker_id', j.worker_id),
+       progress = coalesce(r.progress, j.progress), checkpoint = coalesce(r.checkpoint, j.checkpoint)
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(reasons)s::text[], %(datas)s::jsonb[],
+              %(checkpoints)s::jsonb[], %(progresses)s::jsonb[],
+              array_fill(%(worker_id)s::text, ARRAY[cardinality(%(ids)s::uuid[])]),
+              array_fill('running'::skiplock.job_state, ARRAY[cardinality(%(ids)s::uuid[])]))
+       AS r(id, attempt, reason, data, checkpoint, progress, worker, held)
+ WHERE j.id = r.id AND j.attempt = r.attempt AND j.worker_id = r.worker AND j.state = r.held  -- plan: see finish_many_if_held
+RETURNING j.id;
+
 -- name: release_many_if_held
 -- Graceful shutdown: jobs still running after the grace period go back to queued, due
 -- now, and the interrupted attempt is given back.
@@ -467,6 +484,12 @@ SELECT skiplock.cancel(%(id)s) AS state;
 
 -- name: retry_job
 SELECT skiplock.retry(%(id)s) AS state;
+
+-- name: resume_job
+SELECT skiplock.resume(%(id)s, %(data)s::jsonb) AS state;
+
+-- name: fail_job
+SELECT skiplock.fail(%(id)s, %(reason)s::text) AS state;
 
 -- name: list_jobs
 -- Newest first (ids are time-ordered); the cursor is the last id of the previous page.

@@ -27,9 +27,9 @@ $$;
 CREATE FUNCTION skiplock.transition_allowed(old_state skiplock.job_state, new_state skiplock.job_state)
 RETURNS boolean LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT CASE old_state
-    WHEN 'waiting'   THEN new_state IN ('waiting', 'queued', 'cancelled')
+    WHEN 'waiting'   THEN new_state IN ('waiting', 'queued', 'cancelled', 'failed')
     WHEN 'queued'    THEN new_state IN ('queued', 'running', 'cancelled')
-    WHEN 'running'   THEN new_state IN ('running', 'queued', 'succeeded', 'failed', 'cancelled')
+    WHEN 'running'   THEN new_state IN ('running', 'queued', 'succeeded', 'failed', 'cancelled', 'waiting')
     WHEN 'failed'    THEN new_state IN ('failed', 'queued', 'waiting')
     WHEN 'cancelled' THEN new_state IN ('cancelled', 'queued', 'waiting')
     ELSE false  -- succeeded is final
@@ -73,6 +73,12 @@ CREATE TABLE skiplock.jobs (
     -- Some job waits (or waited) for this one: only such a job's end runs
     -- jobs_release_dependents_v1 (the trigger's WHEN clause reads this flag).
     has_dependents   boolean             NOT NULL DEFAULT false,
+    -- While the job is parked for a person (state waiting): {"reason", "data" (the handler's),
+    -- "at", "attempt", "worker_id"}. Cleared when it leaves waiting (jobs_unpark). See
+    -- "Parked jobs" below.
+    parked           jsonb,
+    -- What the operator who resumed it gave its next attempt (ctx.review).
+    review           jsonb,
     CONSTRAINT jobs_pkey PRIMARY KEY (id),
     -- Names: a task is 1-128 of A-Z a-z 0-9 _ . : - starting with a letter or _; a queue 1-63 of
     -- a-z 0-9 _ . - not starting with . or -. Written as a length and two searches for a bad
@@ -91,7 +97,9 @@ CREATE TABLE skiplock.jobs (
     -- after the run: it names the worker of the latest claim (the job's timeline needs it).
     CONSTRAINT jobs_running_has_lease CHECK (
         (state = 'running') = (lease_expires_at IS NOT NULL) AND (state <> 'running' OR worker_id IS NOT NULL)),
-    CONSTRAINT jobs_waiting_has_dependencies CHECK (state <> 'waiting' OR depends_on IS NOT NULL),
+    -- A waiting job waits for its dependencies or for a person (parked).
+    CONSTRAINT jobs_waiting_has_a_reason CHECK (state <> 'waiting' OR depends_on IS NOT NULL OR parked IS NOT NULL),
+    CONSTRAINT jobs_parked_waiting CHECK (parked IS NULL OR state = 'waiting'),
     CONSTRAINT jobs_depends_on_size CHECK (cardinality(depends_on) BETWEEN 1 AND 1000)
 );
 
@@ -246,7 +254,8 @@ BEGIN
     INSERT INTO skiplock.job_history (job_id, state, attempt, worker_id, error, correlation_id)
     VALUES (NEW.id, NEW.state, NEW.attempt,
             CASE WHEN OLD.state = 'running' THEN OLD.worker_id END,
-            CASE WHEN OLD.state = 'running' AND NEW.state IN ('queued', 'failed') THEN NEW.last_error END,
+            CASE WHEN (OLD.state = 'running' AND NEW.state IN ('queued', 'failed', 'waiting'))
+                   OR (OLD.state = 'waiting' AND NEW.state = 'failed') THEN NEW.last_error END,
             cid);
   END IF;
   -- Back in its queue (retry, rescue, release, operator's retry) and due: wake a sleeping
@@ -465,7 +474,7 @@ CREATE TRIGGER jobs_link_dependencies AFTER INSERT ON skiplock.jobs
     FOR EACH ROW WHEN (NEW.state = 'waiting') EXECUTE FUNCTION skiplock.jobs_link_dependencies_v1();
 
 CREATE TRIGGER jobs_relink_dependencies AFTER UPDATE ON skiplock.jobs
-    FOR EACH ROW WHEN (OLD.state <> 'waiting' AND NEW.state = 'waiting')
+    FOR EACH ROW WHEN (OLD.state <> 'waiting' AND NEW.state = 'waiting' AND NEW.parked IS NULL)
     EXECUTE FUNCTION skiplock.jobs_link_dependencies_v1();
 
 CREATE TRIGGER jobs_release_dependents AFTER UPDATE ON skiplock.jobs
@@ -1129,3 +1138,71 @@ SELECT b.id, b.state, b.total, b.pending - r.running AS queued, r.running, b.suc
  CROSS JOIN LATERAL (SELECT count(*)::integer AS running FROM skiplock.jobs j
                       WHERE j.batch_id = b.id AND j.state = 'running' AND b.pending > 0) r
   LEFT JOIN skiplock.jobs c ON c.id = b.completion_job_id;
+
+-- ---------------------------------------------------------------------------
+-- Parked jobs. A handler parks its job for a person (ctx.park(reason, data), or raise Park):
+-- the worker's park_many_if_held sets it `waiting` with `parked` filled in and its attempt
+-- given back, so it leaves the claim path without failing or using up attempts. An operator
+-- resumes it (skiplock.resume, optionally with data for the next attempt), fails it
+-- (skiplock.fail) or cancels it (skiplock.cancel). Only parked rows run jobs_unpark_v1.
+CREATE INDEX jobs_parked_idx ON skiplock.jobs (id) WHERE parked IS NOT NULL;
+
+-- A parked job that leaves `waiting` (resumed, failed, cancelled, by any path) is parked no more.
+CREATE FUNCTION skiplock.jobs_unpark_v1() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.parked := NULL;
+  RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jobs_unpark BEFORE UPDATE ON skiplock.jobs
+    FOR EACH ROW WHEN (OLD.parked IS NOT NULL AND NEW.state <> 'waiting')
+    EXECUTE FUNCTION skiplock.jobs_unpark_v1();
+
+-- An operator resumes a parked job: back in its queue, due now; `data` (any JSON, or NULL) is
+-- what its next attempt receives as ctx.review.
+CREATE FUNCTION skiplock.resume(job_id uuid, data jsonb DEFAULT NULL) RETURNS skiplock.job_state
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE skiplock.jobs j SET state = 'queued', review = data, run_at = now()
+   WHERE j.id = job_id AND j.state = 'waiting' AND j.parked IS NOT NULL;
+  IF NOT FOUND THEN
+    PERFORM 1 FROM skiplock.jobs j WHERE j.id = job_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RAISE EXCEPTION 'skiplock: job % is not parked; only a parked job can be resumed', job_id
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
+  END IF;
+  RETURN 'queued';
+END
+$$;
+
+-- An operator fails a parked job for good (it joins the dead-letter set; retry revives it).
+CREATE FUNCTION skiplock.fail(job_id uuid, reason text DEFAULT NULL) RETURNS skiplock.job_state
+LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE skiplock.jobs j
+     SET state = 'failed', finished_at = now(),
+         last_error = coalesce(reason, 'failed by an operator after review: ' || (j.parked->>'reason'))
+   WHERE j.id = job_id AND j.state = 'waiting' AND j.parked IS NOT NULL;
+  IF NOT FOUND THEN
+    PERFORM 1 FROM skiplock.jobs j WHERE j.id = job_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'skiplock: no job %', job_id USING ERRCODE = 'no_data_found';
+    END IF;
+    RAISE EXCEPTION 'skiplock: job % is not parked; only a parked job can be failed by hand', job_id
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_state_transition';
+  END IF;
+  RETURN 'failed';
+END
+$$;
+
+-- The jobs waiting for a person, oldest first.
+CREATE VIEW skiplock.parked_jobs AS
+SELECT j.id, j.task, j.queue, j.batch_id, j.parked->>'reason' AS reason, j.parked->'data' AS data,
+       (j.parked->>'at')::timestamptz AS parked_at, (j.parked->>'attempt')::integer AS parked_attempt,
+       j.parked->>'worker_id' AS worker_id, j.args, j.correlation_id
+  FROM skiplock.jobs j
+ WHERE j.parked IS NOT NULL;

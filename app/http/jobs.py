@@ -13,7 +13,7 @@ from skiplock.errors import IdempotencyConflict, InvalidInput
 
 from .bodies import read_json, validate
 from .context import api, query_int, request_id
-from .schemas import BulkIn, BulkOut, HistoryEntry, JobDetail, JobIn, JobOut, JobPage
+from .schemas import BulkIn, BulkOut, FailIn, HistoryEntry, JobDetail, JobIn, JobOut, JobPage, ResumeIn
 
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -92,6 +92,21 @@ async def list_jobs(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     """POST /jobs/{id}/cancel: waiting, queued or running → cancelled; 409 otherwise."""
     job = await api(request).ops.cancel(request.path_params["job_id"], correlation_id=request_id(request))
+    return _json(JobOut.from_row(job))
+
+
+async def resume(request: Request) -> Response:
+    """POST /jobs/{id}/resume: a parked job back in its queue; {"data": ...} is what its next
+    attempt receives as ctx.review. 409 for a job that is not parked."""
+    body = validate(ResumeIn, await read_json(request, api(request).settings.max_body_bytes))
+    job = await api(request).ops.resume(request.path_params["job_id"], body.data, correlation_id=request_id(request))
+    return _json(JobOut.from_row(job))
+
+
+async def fail(request: Request) -> Response:
+    """POST /jobs/{id}/fail: a parked job failed for good; {"reason": ...} is its last error."""
+    body = validate(FailIn, await read_json(request, api(request).settings.max_body_bytes))
+    job = await api(request).ops.fail(request.path_params["job_id"], body.reason, correlation_id=request_id(request))
     return _json(JobOut.from_row(job))
 
 

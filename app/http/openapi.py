@@ -129,6 +129,12 @@ ROUTES: list[Op] = [
     Op("post", "/jobs/{job_id}/retry", "Put a failed or cancelled job back in its queue (or waiting again, "
        "for a job whose dependencies have not all succeeded; 409 while one is failed or cancelled)",
        {200: (s.JobOut, "Queued (or waiting) again")}, [401, 404, 409, 422, 503], params=[JOB_ID]),
+    Op("post", "/jobs/{job_id}/resume", "Resume a parked job: back in its queue; its next attempt receives "
+       "`data` as ctx.review (409 for a job that is not parked)", {200: (s.JobOut, "Queued again")},
+       [401, 404, 409, 413, 415, 422, 503], s.ResumeIn, [JOB_ID]),
+    Op("post", "/jobs/{job_id}/fail", "Fail a parked job for good, with `reason` as its last error (409 for a "
+       "job that is not parked)", {200: (s.JobOut, "Failed")}, [401, 404, 409, 413, 415, 422, 503], s.FailIn,
+       [JOB_ID]),
     Op("post", "/batches", "Create a batch with its jobs in one transaction, and its completion job",
        {201: (s.BatchCreated, "Created")}, [401, 409, 413, 415, 422, 429, 503], s.BatchIn,
        ok_headers={"Location": header("/batches/{id} of the batch")}),

@@ -171,6 +171,9 @@ class JobOut(BaseModel):
     timeout: float | None
     idempotency_key: str | None
     batch_id: uuid.UUID | None
+    parked: dict[str, Any] | None = Field(None, description="While parked for a person (state waiting): "
+                                                            "reason, data, at, attempt, worker_id")
+    review: Any = Field(None, description="What the operator who resumed it from a park gave its next attempt")
     correlation_id: str | None = Field(None, description="The id of the request that submitted the job "
                                                          "(its X-Request-ID); also on every transition")
     depends_on: list[uuid.UUID] | None = Field(default=None, description="The jobs it waits (or waited) for")
@@ -300,6 +303,16 @@ class QueuePage(BaseModel):
     queues: list[QueueOut]
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page (queues in name order); "
                                                 "null at the end")
+
+
+class ResumeIn(Strict):
+    data: dict[str, Any] | None = Field(default=None, description="A JSON object the job's next attempt receives as "
+                                                                 "ctx.review")
+
+
+class FailIn(Strict):
+    reason: str | None = Field(default=None, min_length=1, max_length=2000, pattern=NO_NUL,
+                               description="The job's last error (default: the park's reason)")
 
 
 class QueueLimits(Strict):

@@ -171,6 +171,28 @@ async def retry_job(conn: AsyncConn, job_id: uuid.UUID) -> str:
     return str(row["state"])
 
 
+async def resume_job(conn: AsyncConn, job_id: uuid.UUID, data: Jsonb | None) -> str:
+    row = await fetch_one(conn, "resume_job", {"id": job_id, "data": data})
+    assert row is not None
+    return str(row["state"])
+
+
+async def fail_job(conn: AsyncConn, job_id: uuid.UUID, reason: str | None) -> str:
+    row = await fetch_one(conn, "fail_job", {"id": job_id, "reason": reason})
+    assert row is not None
+    return str(row["state"])
+
+
+async def park_many_if_held(conn: AsyncConn, *, worker_id: str, ids: list[uuid.UUID], attempts: list[int],
+                            reasons: list[str], datas: list[Jsonb | None], checkpoints: list[Jsonb | None],
+                            progresses: list[Jsonb | None], now: datetime | None = None) -> set[uuid.UUID]:
+    """Park these jobs (see the query); the ids parked (any other was no longer held)."""
+    rows = await fetch_all(conn, "park_many_if_held", {
+        "worker_id": worker_id, "ids": ids, "attempts": attempts, "reasons": reasons, "datas": datas,
+        "checkpoints": checkpoints, "progresses": progresses, "now": now})
+    return {r["id"] for r in rows}
+
+
 async def list_jobs(conn: AsyncConn, *, queue: str | None = None, state: str | None = None,
                     task: str | None = None, batch_id: uuid.UUID | None = None, before: uuid.UUID | None = None,
                     limit: int = 50) -> list[dict[str, Any]]:

@@ -60,7 +60,7 @@ class Completer(Service):
         self._locked: set[uuid.UUID] = set()  # outcomes whose row was locked at the last try
         self._reported: set[uuid.UUID] = set()  # those already named in the log
         # Confirmed outcomes by the state written, and those fenced (no longer ours: ignored).
-        self.counts = {"succeeded": 0, "queued": 0, "failed": 0, "fenced": 0}
+        self.counts = {"succeeded": 0, "queued": 0, "failed": 0, "waiting": 0, "fenced": 0}
 
     def add(self, outcome: Outcome) -> None:
         self.inflight.outcomes.append(outcome)
@@ -143,7 +143,12 @@ class Completer(Service):
     async def _finish(self, conn: db.AsyncConn, batch: list[Outcome]) -> int:
         """Acknowledge `batch`; returns how many were written or fenced. A refused batch is
         split in two; a refused single outcome is replaced, in the buffer too, by the job's
-        failure."""
+        failure. Parks (rare) go by a statement of their own, first."""
+        parks = [o for o in batch if o.state == "waiting"]
+        if parks:
+            settled = await self._park(conn, parks)
+            batch = [o for o in batch if o.state != "waiting"]
+            return settled + (await self._finish(conn, batch) if batch else 0)
         try:
             done, locked = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
@@ -183,6 +188,23 @@ class Completer(Service):
             if o.job_id not in locked and self._reported:
                 self._reported.discard(o.job_id)
         return len(batch) - len(locked)
+
+    async def _park(self, conn: db.AsyncConn, parks: list[Outcome]) -> int:
+        """Park these jobs (fenced; the rows are waited for, not skipped: parks are rare)."""
+        done = await jobs.park_many_if_held(
+            conn, worker_id=self.worker_id, ids=[o.job_id for o in parks], attempts=[o.attempt for o in parks],
+            reasons=[o.error or "" for o in parks], datas=[db.jsonb(o.park_data) for o in parks],
+            checkpoints=[db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in parks],
+            progresses=[db.jsonb(o.progress) for o in parks])
+        self._settle(parks, set())
+        for o in parks:
+            if o.job_id in done:
+                self.counts["waiting"] += 1
+            else:
+                self.counts["fenced"] += 1
+                emit("skiplock.job.fenced", job_id=o.job_id, task=o.task, attempt=o.attempt,
+                     worker=self.worker_id, reason="no longer held by this attempt; its park was ignored")
+        return len(parks)
 
     def _settle(self, batch: list[Outcome], locked: set[uuid.UUID]) -> None:
         """Take `batch` out of the buffer, but for the outcomes whose row was locked."""

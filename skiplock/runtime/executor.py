@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import traceback
 import uuid
 from collections.abc import Awaitable
@@ -19,7 +20,7 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..context import JobContext
-from ..errors import JobCancelled, NonRetryableError, SkiplockError
+from ..errors import JobCancelled, NonRetryableError, Park, SkiplockError
 from ..job import ClaimedJob
 from ..storable import MAX_RESULT_BYTES, InvalidResult, Unstorable, safe_text, to_json
 from ..tasks import TaskRegistry
@@ -32,7 +33,7 @@ class Outcome:
 
     job_id: uuid.UUID
     attempt: int
-    state: str  # succeeded | queued (retry) | failed
+    state: str  # succeeded | queued (retry) | failed | waiting (parked)
     task: str
     result_json: bytes | None = None  # the result as stored: UTF-8 JSON, checked (skiplock.storable)
     error: str | None = None
@@ -43,6 +44,7 @@ class Outcome:
     duration: float = 0.0
     size: int = 0  # bytes of result and checkpoint: the completer bounds a batch by it
     refused: bool = False  # the database refused the handler's outcome; this is its replacement
+    park_data: Any = None  # parked: the handler's data for the operator (checked JSON)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -150,6 +152,8 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         return failure(error)
     except BaseException as exc:  # noqa: BLE001 - calling the handler raised before it could run
         raised, result = exc, None
+    if isinstance(raised, Park):
+        return _parked(job, ctx, raised, loop.time() - started, max_result_bytes)
     if raised is not None:
         if isinstance(raised, NonRetryableError | JobCancelled):
             return outcome("failed", error=_error_text(raised))
@@ -167,3 +171,22 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
         return outcome("failed", error=safe_text(_unstorable_result(job.task, result, exc)))
     return outcome("succeeded", result_json=stored)
 
+
+
+MAX_PARK_REASON = 2000
+"""Characters of a park's reason kept (the rest is cut)."""
+
+
+def _parked(job: ClaimedJob, ctx: JobContext, park: Park, duration: float, limit: int) -> Outcome:
+    """The handler parked its job: the reason as text, the data checked as a result is; data
+    that cannot be stored fails the job without retry, saying why (as a result would)."""
+    reason = park.reason if isinstance(park.reason, str) else repr(park.reason)
+    try:
+        data = None if park.data is None else json.loads(to_json(park.data, what="the park's data", limit=limit))
+    except Unstorable as exc:
+        return end_of_attempt(job, ctx, "failed", duration=duration,
+                              error=safe_text(f"Unstorable park data: task {job.task!r} parked with "
+                                              f"{type(park.data).__name__}: {exc.message}. Not retried."))
+    outcome = end_of_attempt(job, ctx, "waiting", duration=duration, error=safe_text(reason[:MAX_PARK_REASON]))
+    outcome.park_data = data
+    return outcome

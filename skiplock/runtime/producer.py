@@ -185,7 +185,8 @@ class Producer(Service):
                          max_attempts=job.max_attempts, checkpoint=job.checkpoint, worker_id=self.worker_id,
                          on_update=self.on_update, max_json_bytes=self.max_result_bytes,
                          correlation_id=job.correlation_id,
-                         open_transaction=self.transactions.open_for if self.transactions else None)
+                         open_transaction=self.transactions.open_for if self.transactions else None,
+                         review=job.review)
         if debug:
             emit("skiplock.job.started", job_id=job.id, task=job.task, attempt=job.attempt, worker=self.worker_id,
                  correlation_id=job.correlation_id)
@@ -249,6 +250,8 @@ class Producer(Service):
                                   "correlation_id": correlation_id}
         if o.state == "succeeded":
             emit("skiplock.job.completed", **fields)
+        elif o.state == "waiting":
+            emit("skiplock.job.parked", **fields, reason=o.error)
         elif o.state == "queued":
             emit("skiplock.job.retrying", **fields, retry_at=o.run_at.isoformat() if o.run_at else None,
                  traceback=o.error)

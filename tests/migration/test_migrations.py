@@ -273,3 +273,30 @@ def test_0095_batches_up_and_down_on_a_database_with_labelled_jobs_and_batches(p
         c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s)", (b,))  # a label again
     migrate.upgrade(url)
     assert dump_schema(pg_cluster, "mig_batches") == reference_dump
+
+
+# -- 0098: parked jobs ------------------------------------------------------------------------------
+def test_0098_up_and_down_with_a_parked_job(pg_cluster, reference_dump):
+    from alembic.script import ScriptDirectory
+
+    before = ScriptDirectory.from_config(migrate.alembic_config("")).get_revision("0098").down_revision
+    assert isinstance(before, str)
+    migrate.upgrade(fresh_db(pg_cluster, "mig_park_ref"), before)
+    before_dump = dump_schema(pg_cluster, "mig_park_ref")
+    url = fresh_db(pg_cluster, "mig_park")
+    migrate.upgrade(url, before)
+    with psycopg.connect(url, autocommit=True) as c:
+        job = c.execute("SELECT skiplock.enqueue('echo')").fetchone()[0]  # type: ignore[index]
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_park") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                  "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (job,))
+        c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                  "parked = '{\"reason\": \"look\"}' WHERE id = %s", (job,))
+    migrate.downgrade(url, before)
+    assert dump_schema(pg_cluster, "mig_park") == before_dump
+    with psycopg.connect(url, autocommit=True) as c:  # a parked job cannot exist below: back in its queue
+        assert c.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (job,)).fetchone() == ("queued",)
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_park") == reference_dump
