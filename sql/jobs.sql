@@ -293,7 +293,7 @@ WITH asked AS MATERIALIZED (
      WHERE j.id = ANY (ARRAY(SELECT id FROM one UNION ALL SELECT id FROM many UNION ALL SELECT id FROM every))
            -- primary-key probes (a join became a hash join over the whole table)
     RETURNING j.id, j.task, j.args, j.queue, j.priority, j.attempt, j.max_attempts + j.attempt_base AS max_attempts,
-              j.timeout, j.checkpoint, j.run_at, j.created_at, j.correlation_id
+              j.timeout, j.checkpoint, j.run_at, j.created_at, j.correlation_id, j.review
 ), rated AS (
     UPDATE skiplock.queues p  -- drop the claims out of the window, append this one
        SET rate_starts = ARRAY(SELECT s.at FROM unnest(p.rate_starts, p.rate_counts) WITH ORDINALITY AS s(at, k, i)

@@ -10,14 +10,14 @@ waiting (a park) and waiting -> failed (an operator fails it) become allowed; th
 of both carries the reason.
 
 Revision ID: 0098
-Revises: 0096
+Revises: 0097
 Create Date: 2026-12-01
 """
 
 from alembic import op
 
 revision = "0098"
-down_revision = "0096"
+down_revision = "0097"
 branch_labels = None
 depends_on = None
 
