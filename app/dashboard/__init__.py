@@ -45,6 +45,8 @@ def routes() -> list[Route]:
         Route("/ui/batches/{batch_id}", pages.batch, methods=["GET"], include_in_schema=False),
         Route("/ui/jobs/{job_id}/retry", actions.retry, methods=["POST"], include_in_schema=False),
         Route("/ui/jobs/{job_id}/cancel", actions.cancel, methods=["POST"], include_in_schema=False),
+        Route("/ui/jobs/{job_id}/resume", actions.resume_job, methods=["POST"], include_in_schema=False),
+        Route("/ui/jobs/{job_id}/fail", actions.fail_job, methods=["POST"], include_in_schema=False),
         Route("/ui/queues/{name}/pause", actions.pause, methods=["POST"], include_in_schema=False),
         Route("/ui/queues/{name}/resume", actions.resume, methods=["POST"], include_in_schema=False),
         Route("/ui/queues/{name}/retry-failed", actions.retry_failed, methods=["POST"], include_in_schema=False),

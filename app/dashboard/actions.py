@@ -123,3 +123,21 @@ async def logout(request: Request) -> Response:
                                 headers=HEADERS)
     set_cookie(response, request, Viewer(dashboard(request).sessions.new(), None, True))
     return response
+
+
+@view("admin")
+async def resume_job(request: Request, v: Viewer) -> Response:
+    form = await _form(request)
+    if (refusal := _refused(request, v, form)) is not None:
+        return refusal
+    row = await api(request).ops.resume(request.path_params["job_id"], correlation_id=_cid(request))
+    return back(f"/ui/jobs/{row['id']}", "Parked job queued again")
+
+
+@view("admin")
+async def fail_job(request: Request, v: Viewer) -> Response:
+    form = await _form(request)
+    if (refusal := _refused(request, v, form)) is not None:
+        return refusal
+    row = await api(request).ops.fail(request.path_params["job_id"], correlation_id=_cid(request))
+    return back(f"/ui/jobs/{row['id']}", "Parked job failed")

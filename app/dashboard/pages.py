@@ -80,7 +80,9 @@ async def job(request: Request, v: Viewer) -> Response:
     progress = row["progress"] if isinstance(row["progress"], dict) else None
     return page(request, v, "job.html", job=row, priority=PRIORITY_NAMES.get(row["priority"], row["priority"]),
                 args=_pretty(row["args"]), result=_pretty(row["result"]), checkpoint=_pretty(row["checkpoint"]),
-                progress=progress, errors=errors)
+                progress=progress, errors=errors,
+                parked_data=_pretty((row["parked"] or {}).get("data")), review=_pretty(row["review"]),
+                parked_at=datetime.fromisoformat(row["parked"]["at"]) if row["parked"] else None)
 
 
 @view("read")

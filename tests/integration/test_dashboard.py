@@ -229,3 +229,26 @@ def test_batches_page_shows_progress_and_counts_and_a_batch_page_its_jobs(open_c
     assert all(f'data-job="{j}"' in detail.text for j in ids)
     assert "batch_done, enqueued when the batch ends" in detail.text
     assert open_client.get(f"/ui/batches/{uuid.uuid4()}").status_code == 404
+
+
+def test_a_parked_job_shows_its_reason_and_data_and_is_resumed_or_failed_with_a_click(open_client: TestClient,
+                                                                                       db_url: str):
+    with psycopg.connect(db_url, autocommit=True) as c:
+        ids = [c.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"x\"}')").fetchone()[0]  # type: ignore[index]
+               for _ in range(2)]
+        for j in ids:  # parked, as the worker's park_many_if_held leaves it
+            c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                      "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (j,))
+            c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                      "last_error = 'score too low', parked = jsonb_build_object('reason', 'score too low', "
+                      "'data', jsonb_build_object('score', 0.4), 'at', now()) WHERE id = %s", (j,))
+    page = open_client.get(f"/ui/jobs/{ids[0]}")
+    assert page.status_code == 200 and "Parked for review" in page.text and "score too low" in page.text
+    assert "&#34;score&#34;: 0.4" in page.text or '"score": 0.4' in page.text
+    csrf = csrf_of(page.text)
+    assert open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": "forged"}).status_code == 403
+    assert open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": csrf}).status_code == 303
+    assert state_of(db_url, ids[0]) == "queued"
+    assert open_client.post(f"/ui/jobs/{ids[1]}/fail", data={"csrf": csrf}).status_code == 303
+    assert state_of(db_url, ids[1]) == "failed"
+    assert open_client.post(f"/ui/jobs/{ids[1]}/resume", data={"csrf": csrf}).status_code == 409
