@@ -64,6 +64,12 @@ def parser() -> argparse.ArgumentParser:
     for name in ("retry", "cancel", "show"):
         c = sub.add_parser(name, help=f"{name} one job")
         c.add_argument("id")
+    rs = sub.add_parser("resume", help="put a parked job back in its queue")
+    rs.add_argument("id")
+    rs.add_argument("--data", help="a JSON object its next attempt receives as ctx.review")
+    fl = sub.add_parser("fail", help="fail a parked job for good")
+    fl.add_argument("id")
+    fl.add_argument("--reason", help="its last error (default: the park's reason)")
     pr = sub.add_parser("prune", help="delete finished jobs older than the retention")
     pr.add_argument("--older-than", type=float, help="seconds (default: SKIPLOCK_RETENTION_SECONDS)")
     h = sub.add_parser("health", help="exit 0 if the database answers at the current schema revision")
@@ -240,6 +246,26 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     job = _ops(settings, lambda ops: ops.cancel(args.id))
+    print(f"skiplock: job {job['id']} is {job['state']}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    data = None
+    if args.data is not None:
+        try:
+            data = json.loads(args.data)
+        except ValueError as exc:
+            raise InvalidInput(f"--data is not JSON: {exc}", field="data") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("--data must be a JSON object", field="data")
+    job = _ops(settings, lambda ops: ops.resume(args.id, data))
+    print(f"skiplock: job {job['id']} is {job['state']}")
+    return 0
+
+
+def cmd_fail(args: argparse.Namespace, settings: Settings) -> int:
+    job = _ops(settings, lambda ops: ops.fail(args.id, args.reason))
     print(f"skiplock: job {job['id']} is {job['state']}")
     return 0
 
@@ -441,7 +467,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {
     "run": cmd_run, "api": cmd_api, "worker": cmd_worker, "migrate": cmd_migrate, "enqueue": cmd_enqueue,
-    "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show, "prune": cmd_prune,
+    "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel, "show": cmd_show,
+    "resume": cmd_resume, "fail": cmd_fail, "prune": cmd_prune,
     "queue": cmd_queue, "schedule": cmd_schedule, "batch": cmd_batch, "url": cmd_url, "stop-db": cmd_stop_db,
     "health": cmd_health,
 }

@@ -161,3 +161,26 @@ def test_http_resume_and_fail_of_parked_jobs(db_url: str):
         assert client.post(f"/jobs/{ids[1]}/fail", json={"reason": 5}).status_code == 422
         history = client.get(f"/jobs/{ids[0]}").json()["history"]
         assert [(h["state"], h["correlation_id"]) for h in history][-1] == ("queued", "op-1")
+
+
+def test_cli_resumes_with_data_and_fails_parked_jobs(db_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]):
+    from app import cli
+
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    with psycopg.connect(db_url, autocommit=True) as c:
+        ids = [c.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"x\"}')").fetchone()[0]  # type: ignore[index]
+               for _ in range(2)]
+        for j in ids:
+            c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                      "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (j,))
+            c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                      "parked = '{\"reason\": \"look\"}' WHERE id = %s", (j,))
+    assert cli.main(["resume", str(ids[0]), "--data", "[1]"]) == 2
+    assert cli.main(["resume", str(ids[0]), "--data", '{"ok": true}']) == 0
+    assert cli.main(["fail", str(ids[1]), "--reason", "no"]) == 0
+    assert cli.main(["fail", str(ids[1])]) == 2  # no longer parked
+    assert "must be a JSON object" in capsys.readouterr().err
+    assert row(db_url, "SELECT review FROM skiplock.jobs WHERE id = %s", (ids[0],))["review"] == {"ok": True}
+    assert row(db_url, "SELECT state, last_error FROM skiplock.jobs WHERE id = %s", (ids[1],)) == {
+        "state": "failed", "last_error": "no"}
