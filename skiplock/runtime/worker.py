@@ -195,7 +195,7 @@ class Worker:
             await pool.close()
             counts = completer.counts
             emit("skiplock.worker.stopped", worker=self.id, claimed=producer.claimed, succeeded=counts["succeeded"],
-                 failed=counts["failed"], retried=counts["queued"], fenced=counts["fenced"],
+                 failed=counts["failed"], retried=counts["queued"], parked=counts["waiting"], fenced=counts["fenced"],
                  abandoned=",".join(map(str, self.abandoned)) or None)
 
     async def _register(self, pool: AsyncConnectionPool) -> None:

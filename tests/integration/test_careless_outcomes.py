@@ -113,7 +113,7 @@ def test_a_batch_refused_for_one_outcome_writes_the_rest_and_fails_that_job_alon
     ids, bad, running, completer = asyncio.run(go())
     assert completer.pending == 0
     assert row(pg_conn, running)["state"] == "running"
-    assert completer.counts == {"succeeded": 6, "queued": 0, "failed": 4, "fenced": 0}
+    assert completer.counts == {"succeeded": 6, "queued": 0, "failed": 4, "waiting": 0, "fenced": 0}
     for job_id in ids:
         r = row(pg_conn, job_id)
         if job_id in bad:

@@ -4,6 +4,7 @@ SIGCONT go to `python -m app worker` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,6 +124,10 @@ class Fleet:
 
     def stop_all(self, timeout: float = 30) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
+        for w in self.workers:  # a worker still starting has no SIGTERM handler yet: let it start
+            if w.alive() and not w.worker_id and w.worker_id not in self.frozen:
+                with contextlib.suppress(AssertionError):
+                    self.wait_registered(w)
         for w in self.workers:
             if w.alive():
                 w.signal(signal.SIGCONT)
