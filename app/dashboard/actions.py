@@ -3,12 +3,15 @@ same Operations method the API's route makes. Login and logout."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from app.http.auth import find_token
+from skiplock.ops import Operations
 
 from .session import csrf_ok
 from .web import HEADERS, Viewer, api, back, dashboard, error_page, local_path, page, set_cookie, view, viewer
@@ -44,50 +47,66 @@ def _cid(request: Request) -> str:
     return str(request.state.request_id)
 
 
-@view("admin")
-async def retry(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.retry(request.path_params["job_id"], correlation_id=_cid(request))
-    return back(f"/ui/jobs/{row['id']}", "Job queued again")
+ActionBody = Callable[[Request, Operations, str], Awaitable[tuple[str, str]]]
 
 
-@view("admin")
-async def cancel(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.cancel(request.path_params["job_id"], correlation_id=_cid(request))
-    return back(f"/ui/jobs/{row['id']}", "Job cancelled")
+def action(body: ActionBody) -> Callable[[Request], Awaitable[Response]]:
+    """An admin action: a form that carries this session's CSRF token, then `body`, one call of
+    the Operations the API uses (with the request's id as correlation id), which says where to
+    go back to and what was done."""
+
+    @functools.wraps(body)
+    async def run(request: Request, v: Viewer) -> Response:
+        form = await _form(request)
+        if (refusal := _refused(request, v, form)) is not None:
+            return refusal
+        url, done = await body(request, api(request).ops, _cid(request))
+        return back(url, done)
+
+    return view("admin")(run)
 
 
-@view("admin")
-async def pause(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.pause_queue(request.path_params["name"])
-    return back("/", f"Queue {row['name']} paused")
+@action
+async def retry(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.retry(request.path_params["job_id"], correlation_id=cid)
+    return f"/ui/jobs/{row['id']}", "Job queued again"
 
 
-@view("admin")
-async def resume(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.resume_queue(request.path_params["name"])
-    return back("/", f"Queue {row['name']} resumed")
+@action
+async def cancel(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.cancel(request.path_params["job_id"], correlation_id=cid)
+    return f"/ui/jobs/{row['id']}", "Job cancelled"
 
 
-@view("admin")
-async def retry_failed(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
+@action
+async def resume_job(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.resume(request.path_params["job_id"], correlation_id=cid)
+    return f"/ui/jobs/{row['id']}", "Parked job queued again"
+
+
+@action
+async def fail_job(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.fail(request.path_params["job_id"], correlation_id=cid)
+    return f"/ui/jobs/{row['id']}", "Parked job failed"
+
+
+@action
+async def pause(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.pause_queue(request.path_params["name"])
+    return "/", f"Queue {row['name']} paused"
+
+
+@action
+async def resume(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
+    row = await ops.resume_queue(request.path_params["name"])
+    return "/", f"Queue {row['name']} resumed"
+
+
+@action
+async def retry_failed(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
     name = request.path_params["name"]
-    n = await api(request).ops.retry_failed(name, correlation_id=_cid(request))
-    return back("/", f"{n} failed jobs of {name} queued again")
+    n = await ops.retry_failed(name, correlation_id=cid)
+    return "/", f"{n} failed jobs of {name} queued again"
 
 
 async def login_form(request: Request) -> Response:
@@ -123,21 +142,3 @@ async def logout(request: Request) -> Response:
                                 headers=HEADERS)
     set_cookie(response, request, Viewer(dashboard(request).sessions.new(), None, True))
     return response
-
-
-@view("admin")
-async def resume_job(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.resume(request.path_params["job_id"], correlation_id=_cid(request))
-    return back(f"/ui/jobs/{row['id']}", "Parked job queued again")
-
-
-@view("admin")
-async def fail_job(request: Request, v: Viewer) -> Response:
-    form = await _form(request)
-    if (refusal := _refused(request, v, form)) is not None:
-        return refusal
-    row = await api(request).ops.fail(request.path_params["job_id"], correlation_id=_cid(request))
-    return back(f"/ui/jobs/{row['id']}", "Parked job failed")
