@@ -77,3 +77,13 @@ def _has_input(conn: AsyncConn) -> bool:
 
 def jsonb(value: Any) -> Jsonb | None:
     return None if value is None else Jsonb(value)
+
+
+def _same(data: bytes) -> bytes:
+    return data
+
+
+def stored_json(data: bytes | None) -> Jsonb | None:
+    """JSON already serialised and checked (skiplock.storable.to_json), sent as it is: not
+    parsed again, nor dumped again."""
+    return None if data is None else Jsonb(data, dumps=_same)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import re
 import time
 import uuid
@@ -312,7 +311,7 @@ class Operations:
         """A parked job back in its queue, due now; its next attempt gets `data` (JSON) as
         ctx.review. InvalidTransition for a job that is not parked. Returns the job's row."""
         try:
-            stored = None if data is None else db.jsonb(json.loads(to_json(data, what="data", limit=MAX_ARGS_BYTES)))
+            stored = None if data is None else db.stored_json(to_json(data, what="data", limit=MAX_ARGS_BYTES))
         except Unstorable as exc:
             raise InvalidInput(exc.message, field="data") from None
         return await self._transition(lambda conn, jid: jobs.resume_job(conn, jid, stored), job_id, correlation_id)

@@ -20,7 +20,6 @@ import uuid
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .. import db
@@ -153,7 +152,7 @@ class Completer(Service):
             done, locked = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id for o in batch],
                 attempts=[o.attempt for o in batch], states=[o.state for o in batch],
-                results=_column([stored_result(o.result_json) for o in batch]),
+                results=_column([db.stored_json(o.result_json) for o in batch]),
                 errors=_column([o.error for o in batch]), run_ats=_column([o.run_at for o in batch]),
                 checkpoints=_column([db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in batch]),
                 progresses=_column([db.jsonb(o.progress) for o in batch]))
@@ -193,7 +192,7 @@ class Completer(Service):
         """Park these jobs (fenced; the rows are waited for, not skipped: parks are rare)."""
         done = await jobs.park_many_if_held(
             conn, worker_id=self.worker_id, ids=[o.job_id for o in parks], attempts=[o.attempt for o in parks],
-            reasons=[o.error or "" for o in parks], datas=[db.jsonb(o.park_data) for o in parks],
+            reasons=[o.error or "" for o in parks], datas=[db.stored_json(o.park_json) for o in parks],
             checkpoints=[db.jsonb(o.checkpoint) if o.has_checkpoint else None for o in parks],
             progresses=[db.jsonb(o.progress) for o in parks])
         self._settle(parks, set())
@@ -254,15 +253,6 @@ def _refused_outcome(o: Outcome, exc: BaseException) -> Outcome:
         error += f" The handler's error was:\n{o.error}"
     return Outcome(job_id=o.job_id, attempt=o.attempt, state="failed", task=o.task, error=safe_text(error),
                    duration=o.duration, refused=True)
-
-
-def _same(data: bytes) -> bytes:
-    return data
-
-
-def stored_result(data: bytes | None) -> Jsonb | None:
-    """A result already serialised and checked by the executor: sent as it is."""
-    return None if data is None else Jsonb(data, dumps=_same)
 
 
 def _column(values: list[Any]) -> list[Any] | None:

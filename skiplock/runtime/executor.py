@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import traceback
 import uuid
 from collections.abc import Awaitable
@@ -44,7 +43,7 @@ class Outcome:
     duration: float = 0.0
     size: int = 0  # bytes of result and checkpoint: the completer bounds a batch by it
     refused: bool = False  # the database refused the handler's outcome; this is its replacement
-    park_data: Any = None  # parked: the handler's data for the operator (checked JSON)
+    park_json: bytes | None = None  # parked: the handler's data for the operator, as stored (checked JSON)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -182,11 +181,11 @@ def _parked(job: ClaimedJob, ctx: JobContext, park: Park, duration: float, limit
     that cannot be stored fails the job without retry, saying why (as a result would)."""
     reason = park.reason if isinstance(park.reason, str) else repr(park.reason)
     try:
-        data = None if park.data is None else json.loads(to_json(park.data, what="the park's data", limit=limit))
+        data = None if park.data is None else to_json(park.data, what="the park's data", limit=limit)
     except Unstorable as exc:
         return end_of_attempt(job, ctx, "failed", duration=duration,
                               error=safe_text(f"Unstorable park data: task {job.task!r} parked with "
                                               f"{type(park.data).__name__}: {exc.message}. Not retried."))
     outcome = end_of_attempt(job, ctx, "waiting", duration=duration, error=safe_text(reason[:MAX_PARK_REASON]))
-    outcome.park_data = data
+    outcome.park_json = data
     return outcome

@@ -30,7 +30,6 @@ from ..errors import JobCancelled
 from ..events import emit
 from ..queries import jobs
 from ..storable import safe_text
-from .completer import stored_result
 from .executor import Outcome
 
 LOCKED_WAIT = 0.02
@@ -152,7 +151,7 @@ class HandlerTransactions:
         while True:
             done, locked = await jobs.finish_many_if_held(
                 conn, worker_id=self.worker_id, ids=[o.job_id], attempts=[o.attempt], states=[o.state],
-                results=[stored_result(o.result_json)], errors=None, run_ats=None,
+                results=[db.stored_json(o.result_json)], errors=None, run_ats=None,
                 checkpoints=[db.jsonb(o.checkpoint) if o.has_checkpoint else None],
                 progresses=[db.jsonb(o.progress)])
             if o.job_id in done:
