@@ -202,12 +202,16 @@ def _run_fast(coro: Any) -> None:
         runner.run(coro)
 
 
+def _json_option(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"--{name} is not valid JSON: {exc}", field=name) from None
+
+
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     load_tasks(settings)
-    try:
-        job_args = json.loads(args.args)
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"--args is not valid JSON: {exc}", field="args") from None
+    job_args = _json_option(args.args, "args")
     spec = JobSpec(args.task, job_args, queue=args.queue, priority=args.priority, delay=args.delay,
                    max_attempts=args.max_attempts, idempotency_key=args.idempotency_key,
                    depends_on=[d.strip() for ids in args.depends_on for d in ids.split(",") if d.strip()]
@@ -238,36 +242,33 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    job = _ops(settings, lambda ops: ops.retry(args.id))
+def _now_in(job: dict[str, Any]) -> int:
+    """What a job action prints: the state the job is in now."""
     print(f"skiplock: job {job['id']} is {job['state']}")
     return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    job = _ops(settings, lambda ops: ops.retry(args.id))
+    return _now_in(job)
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     job = _ops(settings, lambda ops: ops.cancel(args.id))
-    print(f"skiplock: job {job['id']} is {job['state']}")
-    return 0
+    return _now_in(job)
 
 
 def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
-    data = None
-    if args.data is not None:
-        try:
-            data = json.loads(args.data)
-        except ValueError as exc:
-            raise InvalidInput(f"--data is not JSON: {exc}", field="data") from None
-        if not isinstance(data, dict):
-            raise InvalidInput("--data must be a JSON object", field="data")
+    data = None if args.data is None else _json_option(args.data, "data")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidInput("--data must be a JSON object", field="data")
     job = _ops(settings, lambda ops: ops.resume(args.id, data))
-    print(f"skiplock: job {job['id']} is {job['state']}")
-    return 0
+    return _now_in(job)
 
 
 def cmd_fail(args: argparse.Namespace, settings: Settings) -> int:
     job = _ops(settings, lambda ops: ops.fail(args.id, args.reason))
-    print(f"skiplock: job {job['id']} is {job['state']}")
-    return 0
+    return _now_in(job)
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:

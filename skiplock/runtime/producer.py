@@ -204,7 +204,6 @@ class Producer(Service):
         # watchdog reports who blocked the loop, and sync handler threads carry the job.
         current_job.set(JobRef(job.id, job.attempt, job.task, self.worker_id, job.timeout, started))
         ours = True
-        settled: Outcome | None = None
         tx = self.transactions
         try:
             outcome = await execute(job, ctx, self.registry, max_result_bytes=self.max_result_bytes)

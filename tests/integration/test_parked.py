@@ -177,10 +177,12 @@ def test_cli_resumes_with_data_and_fails_parked_jobs(db_url: str, monkeypatch: p
             c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
                       "parked = '{\"reason\": \"look\"}' WHERE id = %s", (j,))
     assert cli.main(["resume", str(ids[0]), "--data", "[1]"]) == 2
+    assert cli.main(["resume", str(ids[0]), "--data", "{nope"]) == 2
     assert cli.main(["resume", str(ids[0]), "--data", '{"ok": true}']) == 0
     assert cli.main(["fail", str(ids[1]), "--reason", "no"]) == 0
     assert cli.main(["fail", str(ids[1])]) == 2  # no longer parked
-    assert "must be a JSON object" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be a JSON object" in err and "--data is not valid JSON" in err
     assert row(db_url, "SELECT review FROM skiplock.jobs WHERE id = %s", (ids[0],))["review"] == {"ok": True}
     assert row(db_url, "SELECT state, last_error FROM skiplock.jobs WHERE id = %s", (ids[1],)) == {
         "state": "failed", "last_error": "no"}
