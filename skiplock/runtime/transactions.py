@@ -85,10 +85,7 @@ class HandlerTransactions:
         conn = self._held.get(id(ctx))
         if conn is not None:
             return conn
-        pool = await self._pool_open()
-        raw = await pool.getconn()
-        assert isinstance(raw, HandlerConnection)
-        conn = raw
+        conn = await (await self._pool_open()).getconn()
         self._held[id(ctx)] = conn
         if not await jobs.held_in_transaction(conn, job_id=ctx.job_id, attempt=ctx.attempt, worker_id=self.worker_id):
             raise JobCancelled(f"job {ctx.job_id} is no longer held by attempt {ctx.attempt}: nothing it writes "
