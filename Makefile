@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install test test-fast fuzz run api worker migrate psql status bench bench-peers chaos soak lint clean stop-db
+.PHONY: help install test test-fast fuzz run api worker migrate psql status bench bench-peers chaos soak lint clean stop-db example-analysis
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,11 +58,14 @@ bench-peers: $(STAMP) ## the same workloads with PgQueuer and Procrastinate
 chaos: $(STAMP) ## crash, outage and race scenarios with real processes (long forms; `make test` runs short ones)
 	SKIPLOCK_CHAOS=long $(PY) -m pytest tests/acceptance/chaos -v
 
+example-analysis: $(STAMP) ## the document analysis example (examples/analysis_pipeline; TASKS=300)
+	$(PY) -m examples.analysis_pipeline.pipeline --tasks $(or $(TASKS),300) --auto-review $(or $(REVIEW_AFTER),3)
+
 soak: $(STAMP) ## steady load for SOAK_MINUTES (10): throughput, pickup latency, dead tuples, table size
 	$(PY) -m bench.soak
 
 lint: $(STAMP) ## ruff and mypy (strict)
-	$(VENV)/bin/ruff check skiplock app tests bench migrations
+	$(VENV)/bin/ruff check skiplock app tests bench migrations examples
 	$(VENV)/bin/mypy
 
 clean: ## remove the venv and the embedded cluster's files

@@ -1,0 +1,1 @@
+"""A document analysis process on Skiplock: see README.md beside this file."""
