@@ -78,7 +78,8 @@ def conn(db_url: str) -> Any:
 
 def test_counts_follow_every_path_and_the_completion_job_gets_the_final_counts(db_url, conn):
     b = make_batch(db_url, 10, max_attempts=2, on_complete=JobSpec("batch_done", {"message": "done"}, queue="reports"))
-    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 10, "running": 0, "parked": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 10, "running": 0, "parked": 0,
+                              "succeeded": 0, "failed": 0, "cancelled": 0}
     assert conn.execute("SELECT state FROM skiplock.batches WHERE id = %s", (b,)).fetchone()["state"] == "active"
     jobs = claim(conn, "w1", 6)
     assert exact(conn, b)["running"] == 6
@@ -88,7 +89,8 @@ def test_counts_follow_every_path_and_the_completion_job_gets_the_final_counts(d
     conn.execute(q("release_many_if_held"), {"worker_id": "w1", "ids": [jobs[5]["id"]],
                                              "attempts": [jobs[5]["attempt"]], "checkpoints": None,
                                              "progresses": None, "now": None})
-    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 6, "running": 0, "parked": 0, "succeeded": 3, "failed": 1, "cancelled": 0}
+    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 6, "running": 0, "parked": 0,
+                              "succeeded": 3, "failed": 1, "cancelled": 0}
     # a worker that stops renewing its lease: the rescuer puts its jobs back (or fails them)
     later = datetime.now(UTC) + timedelta(minutes=5)
     lost = claim(conn, "w2", 2)
@@ -121,7 +123,8 @@ def test_hand_made_sql_keeps_the_counts_and_a_deleted_queued_job_leaves_its_batc
                  "AND state = 'queued' ORDER BY id LIMIT 1)", (b,))
     assert exact(conn, b)["total"] == 3
     finish(conn, "w", claim(conn, "w", 10), "succeeded")
-    assert exact(conn, b) == {"total": 3, "waiting": 0, "queued": 0, "running": 0, "parked": 0, "succeeded": 2, "failed": 0, "cancelled": 1}
+    assert exact(conn, b) == {"total": 3, "waiting": 0, "queued": 0, "running": 0, "parked": 0,
+                              "succeeded": 2, "failed": 0, "cancelled": 1}
     assert conn.execute("SELECT state FROM skiplock.batches WHERE id = %s", (b,)).fetchone()["state"] == "cancelled"
     # pruning its finished jobs keeps the batch's record
     conn.execute("DELETE FROM skiplock.jobs WHERE batch_id = %s", (b,))
