@@ -365,8 +365,8 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_command == "list":
         page = _ops(settings, lambda ops: ops.list_batches(state=args.state, limit=args.limit))
-        cols = ["id", "state", "total", "queued", "running", "succeeded", "failed", "cancelled", "percent",
-                "finished_at"]
+        cols = ["id", "state", "total", "waiting", "queued", "running", "parked", "succeeded", "failed", "cancelled",
+                "percent", "finished_at"]
         table = [[_cell(r[c]) for c in cols] for r in page.batches]
         widths = [max([len(c), *(len(row[i]) for row in table)]) for i, c in enumerate(cols)]
         for row in [cols, *table]:

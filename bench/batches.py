@@ -92,7 +92,7 @@ WITHOUT_BATCHES = """
 DROP TRIGGER jobs_batch_insert ON skiplock.jobs;
 DROP TRIGGER jobs_batch_update ON skiplock.jobs;
 DROP TRIGGER jobs_batch_delete ON skiplock.jobs;
-DROP INDEX skiplock.jobs_batch_running_idx;
+DROP INDEX skiplock.jobs_batch_pending_idx;
 """
 """What batches add to every job's path: without it, the schema is what it was before them."""
 

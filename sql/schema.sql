@@ -774,9 +774,8 @@ CREATE TRIGGER schedules_restart BEFORE UPDATE ON skiplock.schedules
 -- its finished jobs leaves them as they were. `pending` counts its queued and running jobs
 -- together: a claim (queued -> running) and a job put back (rescue, release, retry after
 -- backoff) leave the row alone, so a worker's claims never wait on its acknowledgements for
--- this row. How many of them run is counted where they are (jobs_batch_running_idx, at most
--- the workers' concurrency): skiplock.batch_progress shows queued and running, exact in one
--- snapshot. on_complete is the completion job (task, args, queue, priority, max_attempts,
+-- this row. How many of them run or wait is counted where they are (jobs_batch_pending_idx):
+-- skiplock.batch_progress shows waiting, queued, running and parked, exact in one snapshot. on_complete is the completion job (task, args, queue, priority, max_attempts,
 -- timeout; what is left out comes from skiplock.tasks).
 CREATE TABLE skiplock.batches (
     id                uuid        NOT NULL DEFAULT skiplock.uuid_v7(),
@@ -813,8 +812,9 @@ CREATE TABLE skiplock.batches (
 );
 ALTER TABLE skiplock.batches SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.0,
                                   autovacuum_vacuum_threshold = 200);
--- The running jobs of each batch (skiplock.batch_progress); jobs of no batch are not in it.
-CREATE INDEX jobs_batch_running_idx ON skiplock.jobs (batch_id) WHERE state = 'running' AND batch_id IS NOT NULL;
+-- The running and waiting jobs of each batch (skiplock.batch_progress); jobs of no batch are not in it.
+CREATE INDEX jobs_batch_pending_idx ON skiplock.jobs (batch_id, state)
+ WHERE state IN ('running', 'waiting') AND batch_id IS NOT NULL;
 
 -- Inserts the completion job of a batch that just reached its final state, in the same
 -- transaction: its arguments are on_complete's with "batch" set to the batch's id, state and
@@ -1124,19 +1124,25 @@ SELECT id, task, queue, attempt, worker_id, started_at, lease_expires_at,
   FROM skiplock.jobs
  WHERE state = 'running' AND lease_expires_at < now();
 
--- Batches with their progress: queued and running split `pending` by counting its running jobs
--- (jobs_batch_running_idx), percent is the share of jobs finished (succeeded, failed or
--- cancelled), and the completion job's state once it exists.
+-- Batches with their progress: `pending` split into waiting (on dependencies), queued, running
+-- and parked (for review) by counting its running and waiting jobs (jobs_batch_pending_idx),
+-- percent is the share of jobs finished (succeeded, failed or cancelled), and the completion
+-- job's state once it exists.
 CREATE VIEW skiplock.batch_progress AS
-SELECT b.id, b.state, b.total, b.pending - r.running AS queued, r.running, b.succeeded, b.failed, b.cancelled,
+SELECT b.id, b.state, b.total, r.waiting, b.pending - r.running - r.waiting - r.parked AS queued, r.running,
+       r.parked, b.succeeded, b.failed, b.cancelled,
        CASE WHEN b.total = 0 THEN CASE WHEN b.finished_at IS NOT NULL THEN 100 ELSE 0 END
             ELSE floor(1000.0 * (b.succeeded + b.failed + b.cancelled) / b.total) / 10
        END::double precision AS percent,
        b.on_complete->>'task' AS on_complete_task, b.completion_job_id, c.state AS completion_job_state,
        b.created_at, b.sealed_at, b.started_at, b.finished_at
   FROM skiplock.batches b
- CROSS JOIN LATERAL (SELECT count(*)::integer AS running FROM skiplock.jobs j
-                      WHERE j.batch_id = b.id AND j.state = 'running' AND b.pending > 0) r
+ CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.state = 'running')::integer AS running,
+               count(*) FILTER (WHERE j.state = 'waiting' AND j.parked IS NULL)::integer AS waiting,
+               count(*) FILTER (WHERE j.state = 'waiting' AND j.parked IS NOT NULL)::integer AS parked
+          FROM skiplock.jobs j
+         WHERE j.batch_id = b.id AND j.state IN ('running', 'waiting') AND b.pending > 0) r
   LEFT JOIN skiplock.jobs c ON c.id = b.completion_job_id;
 
 -- ---------------------------------------------------------------------------

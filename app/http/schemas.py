@@ -217,8 +217,10 @@ class BatchOut(BaseModel):
                                               "then cancelled (a job was cancelled), failed (a job failed) or "
                                               "succeeded")
     total: int
+    waiting: int = Field(description="Jobs waiting on their dependencies")
     queued: int
     running: int
+    parked: int = Field(description="Jobs parked for review (see POST /jobs/{id}/resume)")
     succeeded: int
     failed: int
     cancelled: int

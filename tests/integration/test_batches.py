@@ -18,7 +18,7 @@ import app.tasks  # noqa: F401 - registers the example tasks (echo)
 from skiplock import BatchNotFound, BatchSealed, InvalidInput, JobSpec, Operations, enqueue_batch, enqueue_many
 from skiplock.queries.loader import q
 
-COUNTS = ("queued", "running", "succeeded", "failed", "cancelled")
+COUNTS = ("waiting", "queued", "running", "parked", "succeeded", "failed", "cancelled")
 
 
 def counts(c: psycopg.Connection[Any], batch: uuid.UUID) -> tuple[dict[str, int], dict[str, int]]:
@@ -27,7 +27,8 @@ def counts(c: psycopg.Connection[Any], batch: uuid.UUID) -> tuple[dict[str, int]
         c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         row = c.execute("SELECT * FROM skiplock.batch_progress WHERE id = %s", (batch,)).fetchone()
         by_state = {r["state"]: r["n"] for r in c.execute(
-            "SELECT state::text, count(*) AS n FROM skiplock.jobs WHERE batch_id = %s GROUP BY 1", (batch,))}
+            "SELECT CASE WHEN parked IS NULL THEN state::text ELSE 'parked' END AS state, count(*) AS n "
+            "FROM skiplock.jobs WHERE batch_id = %s GROUP BY 1", (batch,))}
     assert row is not None
     stored = {k: row[k] for k in ("total", *COUNTS)}
     real = {k: int(by_state.get(k, 0)) for k in COUNTS}
@@ -77,7 +78,8 @@ def conn(db_url: str) -> Any:
 
 def test_counts_follow_every_path_and_the_completion_job_gets_the_final_counts(db_url, conn):
     b = make_batch(db_url, 10, max_attempts=2, on_complete=JobSpec("batch_done", {"message": "done"}, queue="reports"))
-    assert exact(conn, b) == {"total": 10, "queued": 10, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 10, "running": 0, "parked": 0,
+                              "succeeded": 0, "failed": 0, "cancelled": 0}
     assert conn.execute("SELECT state FROM skiplock.batches WHERE id = %s", (b,)).fetchone()["state"] == "active"
     jobs = claim(conn, "w1", 6)
     assert exact(conn, b)["running"] == 6
@@ -87,7 +89,8 @@ def test_counts_follow_every_path_and_the_completion_job_gets_the_final_counts(d
     conn.execute(q("release_many_if_held"), {"worker_id": "w1", "ids": [jobs[5]["id"]],
                                              "attempts": [jobs[5]["attempt"]], "checkpoints": None,
                                              "progresses": None, "now": None})
-    assert exact(conn, b) == {"total": 10, "queued": 6, "running": 0, "succeeded": 3, "failed": 1, "cancelled": 0}
+    assert exact(conn, b) == {"total": 10, "waiting": 0, "queued": 6, "running": 0, "parked": 0,
+                              "succeeded": 3, "failed": 1, "cancelled": 0}
     # a worker that stops renewing its lease: the rescuer puts its jobs back (or fails them)
     later = datetime.now(UTC) + timedelta(minutes=5)
     lost = claim(conn, "w2", 2)
@@ -120,7 +123,8 @@ def test_hand_made_sql_keeps_the_counts_and_a_deleted_queued_job_leaves_its_batc
                  "AND state = 'queued' ORDER BY id LIMIT 1)", (b,))
     assert exact(conn, b)["total"] == 3
     finish(conn, "w", claim(conn, "w", 10), "succeeded")
-    assert exact(conn, b) == {"total": 3, "queued": 0, "running": 0, "succeeded": 2, "failed": 0, "cancelled": 1}
+    assert exact(conn, b) == {"total": 3, "waiting": 0, "queued": 0, "running": 0, "parked": 0,
+                              "succeeded": 2, "failed": 0, "cancelled": 1}
     assert conn.execute("SELECT state FROM skiplock.batches WHERE id = %s", (b,)).fetchone()["state"] == "cancelled"
     # pruning its finished jobs keeps the batch's record
     conn.execute("DELETE FROM skiplock.jobs WHERE batch_id = %s", (b,))
@@ -240,13 +244,13 @@ def test_cli_lists_shows_cancels_and_retries_batches(db_url, conn, monkeypatch: 
     assert "no batch" in capsys.readouterr().err
 
 
-def test_a_waiting_job_counts_as_queued_in_its_batch_and_a_batch_cancel_cancels_it(db_url, conn):
+def test_a_waiting_job_counts_as_waiting_in_its_batch_and_a_batch_cancel_cancels_it(db_url, conn):
     b = conn.execute("SELECT skiplock.open_batch('batch_done', '{\"message\": \"end\"}') AS id").fetchone()["id"]
     first = conn.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"a\"}') AS id").fetchone()["id"]
     waits = conn.execute("SELECT skiplock.enqueue('echo', '{\"message\": \"b\"}', batch_id => %s, "
                          "depends_on => ARRAY[%s::uuid]) AS id", (b, first)).fetchone()["id"]
-    stored, real = counts(conn, b)
-    assert real["total"] == 0 and stored["queued"] == stored["total"] == 1  # waiting: not final, shown as queued
+    assert exact(conn, b) == {"total": 1, "waiting": 1, "queued": 0, "running": 0, "parked": 0, "succeeded": 0,
+                              "failed": 0, "cancelled": 0}
     assert conn.execute("SELECT skiplock.cancel_batch(%s) AS n", (b,)).fetchone()["n"] == 1
     assert conn.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (waits,)).fetchone()["state"] \
         == "cancelled"

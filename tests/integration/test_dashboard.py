@@ -217,12 +217,17 @@ def test_batches_page_shows_progress_and_counts_and_a_batch_page_its_jobs(open_c
         ids = [c.execute("SELECT skiplock.enqueue('echo', jsonb_build_object('message', %s::text), batch_id => %s)",
                          (str(i), b)).fetchone()[0] for i in range(4)]  # type: ignore[index]
         c.execute("UPDATE skiplock.jobs SET state = 'cancelled', finished_at = now() WHERE id = %s", (ids[0],))
+        c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                  "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (ids[1],))
+        c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                  "parked = '{\"reason\": \"look\"}' WHERE id = %s", (ids[1],))
     listing = open_client.get("/ui/batches")
     assert listing.status_code == 200
     row = re.search(rf'<tr data-batch="{b}">(.*?)</tr>', listing.text, re.S)
     assert row, listing.text
     cells = re.findall(r'<td class="n">(\d+)</td>', row[1])
-    assert cells == ["4", "3", "0", "0", "0", "1"]  # total, queued, running, succeeded, failed, cancelled
+    # total, waiting, queued, running, in review, succeeded, failed, cancelled
+    assert cells == ["4", "0", "2", "0", "1", "0", "0", "1"]
     assert 'value="25.0"' in row[1]
     detail = open_client.get(f"/ui/batches/{b}")
     assert detail.status_code == 200 and "25.0%" in detail.text

@@ -73,7 +73,8 @@ def test_a_parked_job_waits_for_a_person_and_its_next_attempt_gets_the_review(db
         job = row(db_url, "SELECT * FROM skiplock.jobs")
         # not failed, no attempt used up: the job could run max_attempts (1) more times
         assert (job["state"], job["attempt"], job["last_error"]) == ("waiting", 0, "quality check failed for a.pdf")
-        assert row(db_url, "SELECT queued, total FROM skiplock.batch_progress") == {"queued": 1, "total": 1}
+        assert row(db_url, "SELECT queued, parked, waiting, total FROM skiplock.batch_progress") == {
+            "queued": 0, "parked": 1, "waiting": 0, "total": 1}
         async with Operations.connect(db_url, registry=reg) as ops:
             with pytest.raises(InvalidTransition):
                 await ops.retry(job["id"])  # parked is not failed

@@ -300,3 +300,40 @@ def test_0098_up_and_down_with_a_parked_job(pg_cluster, reference_dump):
         assert c.execute("SELECT state::text FROM skiplock.jobs WHERE id = %s", (job,)).fetchone() == ("queued",)
     migrate.upgrade(url)
     assert dump_schema(pg_cluster, "mig_park") == reference_dump
+
+
+# -- 0099: a batch's jobs in review --------------------------------------------------------------
+def test_0099_up_and_down_with_a_batch_holding_every_pending_kind(pg_cluster, reference_dump):
+    """A batch with a parked job, a job waiting on a dependency, a running and a queued job:
+    above 0099 each has its own count; below, parked and waiting show as queued, as before."""
+    from alembic.script import ScriptDirectory
+
+    before = ScriptDirectory.from_config(migrate.alembic_config("")).get_revision("0099").down_revision
+    assert isinstance(before, str)
+    migrate.upgrade(fresh_db(pg_cluster, "mig_review_ref"), before)
+    before_dump = dump_schema(pg_cluster, "mig_review_ref")
+    url = fresh_db(pg_cluster, "mig_review")
+    migrate.upgrade(url, before)
+    with psycopg.connect(url, autocommit=True) as c:
+        b = c.execute("SELECT skiplock.open_batch('echo')").fetchone()[0]  # type: ignore[index]
+        ids = [c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s)", (b,)).fetchone()[0]  # type: ignore[index]
+               for _ in range(3)]
+        c.execute("SELECT skiplock.enqueue('echo', '{}', batch_id => %s, depends_on => ARRAY[%s::uuid])", (b, ids[0]))
+        c.execute("SELECT skiplock.seal_batch(%s)", (b,))
+        for job in ids[:2]:
+            c.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                      "lease_expires_at = now() + interval '1 minute' WHERE id = %s", (job,))
+        c.execute("UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                  "parked = '{\"reason\": \"look\"}' WHERE id = %s", (ids[1],))
+        assert c.execute("SELECT total, queued, running FROM skiplock.batch_progress").fetchone() == (4, 3, 1)
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_review") == reference_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        assert c.execute("SELECT total, waiting, queued, running, parked FROM skiplock.batch_progress"
+                         ).fetchone() == (4, 1, 1, 1, 1)
+    migrate.downgrade(url, before)
+    assert dump_schema(pg_cluster, "mig_review") == before_dump
+    with psycopg.connect(url, autocommit=True) as c:
+        assert c.execute("SELECT total, queued, running FROM skiplock.batch_progress").fetchone() == (4, 3, 1)
+    migrate.upgrade(url)
+    assert dump_schema(pg_cluster, "mig_review") == reference_dump
