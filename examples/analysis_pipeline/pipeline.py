@@ -27,7 +27,8 @@ import psycopg
 
 from skiplock import JobSpec, Operations
 
-from . import tasks
+from . import tasks  # noqa: F401 - registers the tasks this process submits
+from .ledger import SCHEMA_SQL
 from .qa import ALL_QUEUES, ANALYSIS_QUEUES, REPORT_TASK, plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +65,7 @@ def database() -> str:
 def prepare(url: str) -> None:
     """The example's own tables."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(tasks.SCHEMA_SQL.encode())
+        conn.execute(SCHEMA_SQL.encode())
 
 
 def start_workers(url: str, n: int, concurrency: int, log: IO[bytes]) -> list[subprocess.Popen[bytes]]:
@@ -94,7 +95,7 @@ def say(text: str) -> None:
 
 def progress_line(b: dict[str, Any], elapsed: float) -> str:
     return (f"[{elapsed:5.1f}s] total {b['total']} | completed {b['succeeded']} | failed {b['failed']} | "
-            f"in review {b.get('parked', 0)} | queued {b['queued']} | running {b['running']} | {b['percent']:.1f}%")
+            f"in review {b['parked']} | queued {b['queued']} | running {b['running']} | {b['percent']:.1f}%")
 
 
 def report_text(r: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ ALL_QUEUES = (PRIORITY_QUEUE, *ANALYSIS_QUEUES, *CORRECTION_QUEUES, REPORT_QUEUE
 QA_ATTEMPTS = 3
 """A task's attempts are its quality-check attempts: after the last one fails, it is parked."""
 SEED = "skiplock-analysis-1"
+QA_THRESHOLD = 0.8
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,35 +20,12 @@ from pydantic import Field
 
 from skiplock import Backoff, BatchOutcome, JobContext, NonRetryableError, task
 
-from .qa import QA_ATTEMPTS, REPORT_QUEUE, REPORT_TASK, URGENT_TASK, WORK_TASKS, verdict, work_seconds
+from .qa import QA_ATTEMPTS, QA_THRESHOLD, REPORT_QUEUE, REPORT_TASK, URGENT_TASK, WORK_TASKS, verdict, work_seconds
 
 TASK_TIMEOUT = 300.0
 """Seconds an analysis may take before its attempt is ended (and retried)."""
 QA_RETRY = Backoff(base_seconds=1.0, factor=2.0, max_seconds=30.0)
 """A failed quality check runs again about 1 s, then 2 s later."""
-QA_THRESHOLD = 0.8
-
-SCHEMA_SQL = """
-CREATE SCHEMA IF NOT EXISTS analysis_pipeline;
--- One row per task that ended well, committed with its job's success (ctx.transaction()):
--- exactly once per job. No unique key on purpose: the example's tests count the rows.
-CREATE TABLE IF NOT EXISTS analysis_pipeline.results (
-    job_id     uuid        NOT NULL,
-    task       text        NOT NULL,
-    doc        integer     NOT NULL,
-    attempt    integer     NOT NULL,
-    score      real        NOT NULL,
-    review     jsonb,
-    written_at timestamptz NOT NULL DEFAULT now()
-);
--- One row per report job that succeeded (the batch's completion job).
-CREATE TABLE IF NOT EXISTS analysis_pipeline.reports (
-    batch_id   uuid        NOT NULL,
-    job_id     uuid        NOT NULL,
-    report     jsonb       NOT NULL,
-    written_at timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 Doc = Annotated[int, Field(ge=0, le=2**31 - 1)]
 WorkMs = Annotated[int, Field(ge=0, le=60_000)]
@@ -72,7 +49,7 @@ async def analyse(doc: Doc, ctx: JobContext, work_ms: WorkMs = 0) -> dict[str, A
     elif v.passes_on is not None and ctx.attempt >= v.passes_on:
         score = 0.9
     elif ctx.attempt >= ctx.max_attempts:
-        ctx.park(f"quality check failed {ctx.attempt} times: score {v.score:.2f} < {QA_THRESHOLD}",
+        ctx.park(f"quality check failed on every attempt ({ctx.attempt}): score {v.score:.2f} < {QA_THRESHOLD}",
                  {"doc": doc, "task": ctx.task, "score": v.score, "attempts": ctx.attempt})
     else:
         raise QualityCheckFailed(f"quality check failed: {ctx.task} of document {doc} scored {v.score:.2f} "
