@@ -11,7 +11,8 @@ CREATE TABLE IF NOT EXISTS analysis_pipeline.results (
     doc        integer     NOT NULL,
     attempt    integer     NOT NULL,
     score      real        NOT NULL,
-    review     jsonb,
+    reviewed   boolean     NOT NULL,  -- approved by a person after a park
+    review     jsonb,                 -- the data they resumed it with (ctx.review)
     written_at timestamptz NOT NULL DEFAULT now()
 );
 -- One row per report job that succeeded (the batch's completion job).

@@ -41,14 +41,18 @@ async def analyse(doc: Doc, ctx: JobContext, work_ms: WorkMs = 0) -> dict[str, A
     v = verdict(doc, ctx.task)
     if v.unreadable:
         raise NonRetryableError(f"document {doc} cannot be read ({ctx.task})")
+    # A person resumed it from a park (with data, or with the dashboard's Resume button, which
+    # gives none): their decision stands. {"approved": false} rejects it.
     review = ctx.review
-    if review is not None:
+    reviewed = review is not None or (isinstance(ctx.checkpoint, dict) and "parked_on_attempt" in ctx.checkpoint)
+    if reviewed:
         if isinstance(review, dict) and review.get("approved") is False:
             raise NonRetryableError(f"{ctx.task} of document {doc} rejected at review: {review.get('note', '')}")
-        score = 1.0  # a person approved it
+        score = 1.0
     elif v.passes_on is not None and ctx.attempt >= v.passes_on:
         score = 0.9
     elif ctx.attempt >= ctx.max_attempts:
+        ctx.save_checkpoint({"parked_on_attempt": ctx.attempt})
         ctx.park(f"quality check failed on every attempt ({ctx.attempt}): score {v.score:.2f} < {QA_THRESHOLD}",
                  {"doc": doc, "task": ctx.task, "score": v.score, "attempts": ctx.attempt})
     else:
@@ -56,10 +60,10 @@ async def analyse(doc: Doc, ctx: JobContext, work_ms: WorkMs = 0) -> dict[str, A
                                  f"< {QA_THRESHOLD} (attempt {ctx.attempt} of {ctx.max_attempts})")
     conn = await ctx.transaction()
     await conn.execute(
-        "INSERT INTO analysis_pipeline.results (job_id, task, doc, attempt, score, review) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (ctx.job_id, ctx.task, doc, ctx.attempt, score, None if review is None else Jsonb(review)))
-    return {"doc": doc, "task": ctx.task, "score": score, "reviewed": review is not None}
+        "INSERT INTO analysis_pipeline.results (job_id, task, doc, attempt, score, reviewed, review) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (ctx.job_id, ctx.task, doc, ctx.attempt, score, reviewed, None if review is None else Jsonb(review)))
+    return {"doc": doc, "task": ctx.task, "score": score, "reviewed": reviewed}
 
 
 for _name, _queue in WORK_TASKS.items():
@@ -73,7 +77,8 @@ async def analysis_report(batch: BatchOutcome, ctx: JobContext) -> dict[str, Any
     conn = await ctx.transaction()
     cur = await conn.execute(
         "SELECT split_part(j.task, '.', 1) AS family, j.state::text AS state, count(*) AS n, "
-        "       count(r.review) AS reviewed, count(*) FILTER (WHERE r.review IS NULL AND r.attempt > 1) AS retried "
+        "       count(*) FILTER (WHERE r.reviewed) AS reviewed, "
+        "       count(*) FILTER (WHERE NOT r.reviewed AND r.attempt > 1) AS retried "
         "  FROM skiplock.jobs j LEFT JOIN analysis_pipeline.results r ON r.job_id = j.id "
         " WHERE j.batch_id = %s GROUP BY 1, 2 ORDER BY 1, 2", (batch.id,))
     by_family: dict[str, dict[str, int]] = {}

@@ -125,7 +125,7 @@ def test_the_pipeline_survives_a_killed_worker_with_exact_counts_and_one_report(
         for row in conn.execute("SELECT t.* FROM skiplock.job_timeline t JOIN skiplock.jobs j ON j.id = t.job_id "
                                 "WHERE j.batch_id = %s ORDER BY t.job_id, t.step", (b["id"],)):
             timelines.setdefault(row["job_id"], []).append(row)
-        results = conn.execute("SELECT job_id, attempt, review FROM analysis_pipeline.results").fetchall()
+        results = conn.execute("SELECT job_id, attempt, reviewed, review FROM analysis_pipeline.results").fetchall()
         reports = conn.execute("SELECT job_id, report FROM analysis_pipeline.reports").fetchall()
         completion = conn.execute("SELECT id, state::text, result FROM skiplock.jobs WHERE task = %s",
                                   (REPORT_TASK,)).fetchall()
@@ -147,7 +147,7 @@ def test_the_pipeline_survives_a_killed_worker_with_exact_counts_and_one_report(
     assert sorted(r["job_id"] for r in results) == sorted(succeeded)
     for r in results:
         assert r["attempt"] == succeeded[r["job_id"]]["attempt"]
-        assert (r["review"] is not None) == bool(seen[r["job_id"]]["reviewed"])
+        assert r["reviewed"] == (r["review"] is not None) == bool(seen[r["job_id"]]["reviewed"])
         if r["review"] is not None:
             assert r["review"]["approved"] is True and r["review"]["by"] == "auto-review"
     # the report job ran exactly once, with the final counts

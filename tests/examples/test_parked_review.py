@@ -35,12 +35,13 @@ TASKS_ENV = {"tasks": "examples.analysis_pipeline.tasks"}
 COUNTS = ("total", "waiting", "queued", "running", "parked", "succeeded", "failed", "cancelled")
 
 
-def doc_where(check: Any) -> int:
-    return next(d for d in range(1, 10_000) if check(verdict(d, TASK)))
+def docs_where(check: Any) -> list[int]:
+    """Documents whose quality check of TASK goes as `check` says (qa.verdict)."""
+    return [d for d in range(1, 1000) if check(verdict(d, TASK))]
 
 
-NEVER = doc_where(lambda v: not v.unreadable and v.passes_on is None)
-AT_ONCE = doc_where(lambda v: v.passes_on == 1)
+NEVER, NEVER_2 = docs_where(lambda v: not v.unreadable and v.passes_on is None)[:2]
+AT_ONCE = docs_where(lambda v: v.passes_on == 1)[0]
 
 
 def call(base: str, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
@@ -97,6 +98,15 @@ class Dashboard:
             assert r.status == 200 and "/ui/login" not in r.url
             return str(r.read().decode())
 
+    def post_form(self, path: str, page: str) -> str:
+        """Press the page's button that posts to `path` (its form carries the session's CSRF token)."""
+        csrf = re.search(rf'action="{re.escape(path)}"[^>]*><input type="hidden" name="csrf" value="([^"]+)"', page)
+        assert csrf is not None, path
+        body = urllib.parse.urlencode({"csrf": csrf.group(1)}).encode()
+        with self.http.open(urllib.request.Request(self.base + path, data=body, method="POST"), timeout=10) as r:
+            assert r.status == 200
+            return str(r.read().decode())
+
     def batch_counts(self, batch_id: str) -> dict[str, int]:
         row = re.search(r'<tr id="counts">(.*?)</tr>', self.get(f"/ui/batches/{batch_id}"))
         assert row is not None
@@ -126,37 +136,40 @@ def exact_counts(url: str, batch_id: str) -> dict[str, int]:
 def test_a_parked_task_is_seen_everywhere_resumed_with_data_and_its_next_attempt_gets_it(
         server: str, db_url: str, tmp_path: Path):
     status, batch = call(server, "POST", "/batches", {
-        "jobs": [{"task": TASK, "args": {"doc": NEVER}, "max_attempts": 1}, {"task": TASK, "args": {"doc": AT_ONCE}}],
+        "jobs": [{"task": TASK, "args": {"doc": NEVER}, "max_attempts": 1}, {"task": TASK, "args": {"doc": AT_ONCE}},
+                 {"task": TASK, "args": {"doc": NEVER_2}, "max_attempts": 1}],
         "on_complete": {"task": REPORT_TASK}})
     assert status == 201, batch
     bid = batch["id"]
-    parked_id, other_id = batch["job_ids"]
+    parked_id, other_id, clicked_id = batch["job_ids"]
     dash = Dashboard(server)
     zero = dict.fromkeys(COUNTS, 0)
-    before = {**zero, "total": 2, "queued": 2}
+    before = {**zero, "total": 3, "queued": 3}
     assert exact_counts(db_url, bid) == before == dash.batch_counts(bid)
     assert {k: call(server, "GET", f"/batches/{bid}")[1][k] for k in COUNTS} == before
 
     worker = start(["worker", "--queues", f"{TASK},reports"], skiplock_env(db_url, **TASKS_ENV),
                    tmp_path / "worker.log")
     try:
-        wait_for(lambda: exact_counts(db_url, bid)["succeeded"] == 1 and exact_counts(db_url, bid)["parked"] == 1,
-                 60, "one task to succeed and the other to park")
-        parked = {**zero, "total": 2, "parked": 1, "succeeded": 1}
+        wait_for(lambda: exact_counts(db_url, bid)["succeeded"] == 1 and exact_counts(db_url, bid)["parked"] == 2,
+                 60, "one task to succeed and two to park")
+        parked = {**zero, "total": 3, "parked": 2, "succeeded": 1}
         assert exact_counts(db_url, bid) == parked == dash.batch_counts(bid)
         got = call(server, "GET", f"/batches/{bid}")[1]
-        assert ({k: got[k] for k in COUNTS}, got["percent"]) == (parked, 50.0)
+        assert ({k: got[k] for k in COUNTS}, got["percent"]) == (parked, 33.3)
 
         v = verdict(NEVER, TASK)
         reason = f"quality check failed on every attempt (1): score {v.score:.2f} < {QA_THRESHOLD}"
         data = {"doc": NEVER, "task": TASK, "score": v.score, "attempts": 1}
         # psql
-        assert psql(db_url, "SELECT id, reason, data, parked_attempt, batch_id FROM skiplock.parked_jobs").split(
-            "|") == [parked_id, reason, json.dumps(data), "1", f"{bid}\n"]
+        seen_in_psql = psql(db_url, "SELECT id, reason, data, parked_attempt, batch_id FROM skiplock.parked_jobs "
+                                    f"WHERE id = '{parked_id}'")
+        assert seen_in_psql.split("|") == [parked_id, reason, json.dumps(data), "1", f"{bid}\n"]
         # the API: the list of waiting jobs and the job itself, with its park on the timeline
         status, page = call(server, "GET", "/jobs?state=waiting")
-        assert status == 200 and [j["id"] for j in page["jobs"]] == [parked_id]
-        assert (page["jobs"][0]["parked"]["reason"], page["jobs"][0]["parked"]["data"]) == (reason, data)
+        assert status == 200 and sorted(j["id"] for j in page["jobs"]) == sorted([parked_id, clicked_id])
+        listed = next(j for j in page["jobs"] if j["id"] == parked_id)
+        assert (listed["parked"]["reason"], listed["parked"]["data"]) == (reason, data)
         status, job = call(server, "GET", f"/jobs/{parked_id}")
         assert (job["state"], job["attempt"], job["parked"]["reason"], job["parked"]["data"]) == (
             "waiting", 0, reason, data)
@@ -166,13 +179,17 @@ def test_a_parked_task_is_seen_everywhere_resumed_with_data_and_its_next_attempt
         assert "Parked for review" in page_html and html.escape(reason) in page_html
         assert f"/ui/jobs/{parked_id}/resume" in page_html  # its Resume button
 
-        # the operator resumes it with data, its queue paused so the counts can be read in between
+        # the operator resumes one over HTTP with data and the other with the dashboard's button (no
+        # data: approved as it is), the queue paused so that the counts can be read in between
         assert call(server, "POST", f"/queues/{TASK}/pause")[0] == 200
+        after_click = dash.post_form(f"/ui/jobs/{clicked_id}/resume", dash.get(f"/ui/jobs/{clicked_id}"))
+        assert "Parked for review" not in after_click
+        assert exact_counts(db_url, bid) == {**parked, "parked": 1, "queued": 1} == dash.batch_counts(bid)
         review = {"approved": True, "by": "ana", "note": "the scan is fine, the check is too strict"}
         status, resumed = call(server, "POST", f"/jobs/{parked_id}/resume", {"data": review},
                                **{"X-Request-ID": "review-42"})
         assert status == 200 and (resumed["state"], resumed["parked"], resumed["review"]) == ("queued", None, review)
-        again = {**zero, "total": 2, "queued": 1, "succeeded": 1}
+        again = {**zero, "total": 3, "queued": 2, "succeeded": 1}
         assert exact_counts(db_url, bid) == again == dash.batch_counts(bid)
         assert psql(db_url, "SELECT count(*) FROM skiplock.parked_jobs") == "0\n"
         assert call(server, "POST", f"/queues/{TASK}/resume")[0] == 200
@@ -183,18 +200,19 @@ def test_a_parked_task_is_seen_everywhere_resumed_with_data_and_its_next_attempt
         worker.terminate()
         worker.wait(30)
 
-    done = {**zero, "total": 2, "succeeded": 2}
+    done = {**zero, "total": 3, "succeeded": 3}
     assert exact_counts(db_url, bid) == done == dash.batch_counts(bid)
     got = call(server, "GET", f"/batches/{bid}")[1]
     assert (got["state"], got["percent"]) == ("succeeded", 100.0)
     # its next attempt received exactly the operator's data (the handler's own ledger), once
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
-        ledger = c.execute("SELECT job_id::text, attempt, review FROM analysis_pipeline.results").fetchall()
+        ledger = c.execute("SELECT job_id::text, attempt, reviewed, review FROM analysis_pipeline.results").fetchall()
         reports = c.execute("SELECT report FROM analysis_pipeline.reports").fetchall()
     assert sorted(ledger, key=lambda r: r["job_id"]) == sorted(
-        [{"job_id": parked_id, "attempt": 1, "review": review}, {"job_id": other_id, "attempt": 1, "review": None}],
-        key=lambda r: r["job_id"])
-    assert [r["report"]["approved_at_review"] for r in reports] == [1]
+        [{"job_id": parked_id, "attempt": 1, "reviewed": True, "review": review},
+         {"job_id": other_id, "attempt": 1, "reviewed": False, "review": None},
+         {"job_id": clicked_id, "attempt": 1, "reviewed": True, "review": None}], key=lambda r: r["job_id"])
+    assert [r["report"]["approved_at_review"] for r in reports] == [2]
     status, job = call(server, "GET", f"/jobs/{parked_id}")
     assert (job["state"], job["review"], job["result"]["reviewed"]) == ("succeeded", review, True)
     assert [(h["state"], h["correlation_id"] == "review-42") for h in job["history"]] == [
