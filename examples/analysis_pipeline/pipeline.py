@@ -25,6 +25,9 @@ from typing import IO, Any
 
 import psycopg
 
+from app import migrate
+from app.settings import Settings
+from app.wiring import database_url
 from skiplock import JobSpec, Operations
 
 from . import tasks  # noqa: F401 - registers the tasks this process submits
@@ -36,11 +39,18 @@ TASK_MODULE = "examples.analysis_pipeline.tasks"
 MAX_WAITING = 10_000
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {n}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="analysis_pipeline", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", type=int, default=300, help="how many tasks to submit (default 300)")
-    p.add_argument("--workers", type=int, default=8, help="worker processes (default 8)")
-    p.add_argument("--concurrency", type=int, default=4, help="jobs each worker runs at once (default 4)")
+    p.add_argument("--tasks", type=_positive, default=300, help="how many tasks to submit (default 300)")
+    p.add_argument("--workers", type=_positive, default=8, help="worker processes (default 8)")
+    p.add_argument("--concurrency", type=_positive, default=4, help="jobs each worker runs at once (default 4)")
     p.add_argument("--work-ms", type=int, default=300, help="mean time one simulated analysis takes (default 300)")
     p.add_argument("--auto-review", type=float, metavar="SECONDS",
                    help="act as the reviewer: approve each parked task after it has waited SECONDS "
@@ -51,10 +61,6 @@ def parser() -> argparse.ArgumentParser:
 
 def database() -> str:
     """The URL in use: DATABASE_URL, or the embedded cluster started and migrated as `skiplock run` does."""
-    from app import migrate
-    from app.settings import Settings
-    from app.wiring import database_url
-
     url, started = database_url(Settings())
     migrate.upgrade(url)
     if started is not None:
@@ -111,21 +117,24 @@ def report_text(r: dict[str, Any]) -> str:
 
 
 async def review_parked(ops: Operations, batch_id: uuid.UUID, after: float) -> None:
-    """What a reviewer does: approve each task of the batch parked for at least `after` seconds."""
+    """What a reviewer does: approve each task of the batch parked for at least `after` seconds,
+    through the operations the API, the CLI and the dashboard call."""
     cutoff = datetime.now(UTC) - timedelta(seconds=after)
+    approved: list[str] = []
     cursor: str | None = None
     while True:
         page = await ops.list_jobs(state="waiting", batch=batch_id, limit=500, cursor=cursor)
         for job in page.jobs:
             parked = job.get("parked")
             if parked and datetime.fromisoformat(parked["at"]) <= cutoff:
-                await ops.resume(job["id"], {"approved": True, "by": "auto-review",
-                                             "note": f"looked at score {parked['data']['score']}"},
-                                 correlation_id="auto-review")
-                say(f"review: approved {job['task']} of document {job['args']['doc']} ({parked['reason']})")
+                await ops.resume(job["id"], {"approved": True, "by": "auto-review"}, correlation_id="auto-review")
+                approved.append(f"{job['task']} doc {job['args']['doc']}")
         cursor = page.next_cursor
         if cursor is None:
-            return
+            break
+    if approved:
+        more = f" and {len(approved) - 3} more" if len(approved) > 3 else ""
+        say(f"review: approved {', '.join(approved[:3])}{more} (in review for {after:g} s)")
 
 
 async def drive(url: str, args: argparse.Namespace, workers: list[subprocess.Popen[bytes]]) -> int:
@@ -161,6 +170,8 @@ async def watch(ops: Operations, args: argparse.Namespace, workers: list[subproc
                 say(f"the report job {report['id']} ended {report['state']}: {report['last_error']}")
                 return 1
             print(report_text(report["result"]), flush=True)
+            say(f"to look closer: `make psql`, or `make run` and http://127.0.0.1:8000/ui/batches/{batch_id} "
+                "(examples/analysis_pipeline/README.md)")
             return 0
         if args.auto_review is not None:
             await review_parked(ops, batch_id, args.auto_review)
