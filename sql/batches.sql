@@ -29,3 +29,19 @@ SELECT * FROM skiplock.batch_progress
    AND (%(before)s::uuid IS NULL OR id < %(before)s)
  ORDER BY id DESC
  LIMIT %(limit)s;
+
+-- name: prune_finished_batches
+-- Deletes finished batches older than the cutoff once none of their jobs is left (the
+-- pruner deleted them first), a small batch at a time. Their id then names no batch: a job
+-- that gives it as batch_id is only labelled with it.
+WITH doomed AS (
+    SELECT b.id FROM skiplock.batches b
+     WHERE b.finished_at < coalesce(%(now)s, now()) - make_interval(secs => %(older_than_seconds)s)
+       AND b.state IN ('succeeded', 'failed', 'cancelled')
+       AND NOT EXISTS (SELECT 1 FROM skiplock.jobs j WHERE j.batch_id = b.id)
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM skiplock.batches b USING doomed WHERE b.id = doomed.id RETURNING b.id
+)
+SELECT count(*) AS deleted FROM gone;

@@ -6,7 +6,11 @@ VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
 
 -- name: touch_worker
-UPDATE skiplock.workers SET heartbeat_at = coalesce(%(now)s, now()) WHERE id = %(id)s;
+-- The heartbeat. A worker whose row is gone (removed by the fast rescue while only its
+-- connection was broken, or by the stale-worker sweep while it was stopped) registers again.
+INSERT INTO skiplock.workers AS w (id, hostname, pid, queues, concurrency, heartbeat_at)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, coalesce(%(now)s, now()))
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
 
 -- name: unregister_worker
 DELETE FROM skiplock.workers WHERE id = %(id)s;
@@ -29,11 +33,15 @@ SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at,
 -- by its listener's long-lived connection; the server releases it the moment that session
 -- ends (the process died, or the connection broke). `taken` false: another session holds the
 -- key (a rescuer checking it this instant, or another worker's id hashing to the same key);
--- the listener tries again. When taken, lock_taken_at records it (find_dead_workers).
+-- the listener tries again. When taken, lock_taken_at records it (rescue_jobs_of_dead_workers),
+-- on the worker's row registered again if the fast rescue removed it while only this
+-- connection was broken.
 WITH l AS MATERIALIZED (
     SELECT pg_try_advisory_lock(hashtextextended(%(id)s::text, 0)) AS taken
 ), noted AS (
-    UPDATE skiplock.workers w SET lock_taken_at = now() FROM l WHERE l.taken AND w.id = %(id)s
+    INSERT INTO skiplock.workers AS w (id, hostname, pid, queues, concurrency, lock_taken_at)
+    SELECT %(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, now() FROM l WHERE l.taken
+    ON CONFLICT (id) DO UPDATE SET lock_taken_at = excluded.lock_taken_at
     RETURNING w.id
 )
 SELECT taken, EXISTS (SELECT 1 FROM noted) AS noted FROM l;
@@ -52,7 +60,9 @@ UPDATE skiplock.workers SET lock_taken_at = NULL WHERE id = %(id)s;
 -- sign: after a restart every lock is free until its worker reconnects, so those workers are
 -- left to their leases. `dead` keeps each key locked by this transaction
 -- (pg_try_advisory_xact_lock) until it commits, so the worker cannot take it back halfway and
--- two rescuers never take the same worker; lock_taken_at is cleared, so it is rescued once.
+-- two rescuers never take the same worker; its row is removed, so it is rescued once and no
+-- longer listed as live (a worker that only lost its connection registers again as it takes
+-- its lock back: touch_worker, take_worker_lock).
 -- Workers whose key is held (alive, or colliding with another worker's key) are left to their
 -- leases. With no dead worker, the jobs are not read at all (one-time filter).
 WITH dead AS MATERIALIZED (
@@ -60,7 +70,7 @@ WITH dead AS MATERIALIZED (
      WHERE CASE WHEN w.lock_taken_at > pg_postmaster_start_time()
                 THEN pg_try_advisory_xact_lock(hashtextextended(w.id, 0)) ELSE false END
 ), forgotten AS (
-    UPDATE skiplock.workers w SET lock_taken_at = NULL FROM dead WHERE w.id = dead.id
+    DELETE FROM skiplock.workers w USING dead WHERE w.id = dead.id
 ), held AS (
     SELECT j.id FROM skiplock.jobs j
      WHERE EXISTS (SELECT 1 FROM dead)

@@ -4,6 +4,7 @@ runs on a pool connection or inside the caller's own transaction."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -49,3 +50,10 @@ async def get_batch(conn: AsyncConn, batch_id: uuid.UUID) -> dict[str, Any] | No
 async def list_batches(conn: AsyncConn, *, state: str | None, before: uuid.UUID | None,
                        limit: int) -> list[dict[str, Any]]:
     return await fetch_all(conn, "list_batches", {"state": state, "before": before, "limit": limit})
+
+
+async def prune_finished_batches(conn: AsyncConn, *, older_than_seconds: float, limit: int = 1000,
+                                 now: datetime | None = None) -> int:
+    row = await fetch_one(conn, "prune_finished_batches", {"older_than_seconds": older_than_seconds,
+                                                           "limit": limit, "now": now})
+    return int(row["deleted"]) if row else 0

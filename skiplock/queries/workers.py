@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,15 +14,28 @@ from ._run import execute, fetch_all, fetch_one
 from .loader import q
 
 
-async def register_worker(conn: AsyncConn, *, worker_id: str, hostname: str, pid: int,
-                          queues: Sequence[str] | None, concurrency: int) -> None:
-    await execute(conn, "register_worker", {"id": worker_id, "hostname": hostname, "pid": pid,
-                                            "queues": list(queues) if queues else None, "concurrency": concurrency})
+@dataclass(frozen=True)
+class Registration:
+    """A worker's row in skiplock.workers, as it registers (again, if its row was removed)."""
+
+    id: str
+    hostname: str
+    pid: int
+    queues: Sequence[str] | None
+    concurrency: int
+
+    def params(self) -> dict[str, Any]:
+        return {"id": self.id, "hostname": self.hostname, "pid": self.pid,
+                "queues": list(self.queues) if self.queues else None, "concurrency": self.concurrency}
 
 
-def touch_worker(conn: psycopg.Connection[Any], worker_id: str, now: datetime | None = None) -> None:
+async def register_worker(conn: AsyncConn, worker: Registration) -> None:
+    await execute(conn, "register_worker", worker.params())
+
+
+def touch_worker(conn: psycopg.Connection[Any], worker: Registration, now: datetime | None = None) -> None:
     """Blocking: the heartbeat runs it on its own thread."""
-    conn.execute(q("touch_worker"), {"id": worker_id, "now": now})
+    conn.execute(q("touch_worker"), {**worker.params(), "now": now})
 
 
 async def unregister_worker(conn: AsyncConn, worker_id: str) -> None:
@@ -38,9 +52,9 @@ async def list_workers(conn: AsyncConn, *, hostname: str | None = None,
     return await fetch_all(conn, "list_workers", {"hostname": hostname, "now": now})
 
 
-async def take_worker_lock(conn: AsyncConn, worker_id: str) -> bool:
+async def take_worker_lock(conn: AsyncConn, worker: Registration) -> bool:
     """Take the worker's liveness lock on this session (see the query); whether it was taken."""
-    row = await fetch_one(conn, "take_worker_lock", {"id": worker_id})
+    row = await fetch_one(conn, "take_worker_lock", worker.params())
     return bool(row and row["taken"])
 
 

@@ -41,14 +41,15 @@ the previous answer (the loop is blocked)."""
 class Heartbeat(ThreadService):
     name = "heartbeat"
 
-    def __init__(self, url: str, inflight: InFlight, *, worker_id: str, lease_seconds: float, interval: float,
-                 on_lost: Callable[[Attempts], None]) -> None:
+    def __init__(self, url: str, inflight: InFlight, *, worker: workers.Registration, lease_seconds: float,
+                 interval: float, on_lost: Callable[[Attempts], None]) -> None:
         if interval <= 0:
             raise ValueError(f"Heartbeat: interval must be > 0, not {interval}")
         super().__init__()
         self.url = url
         self.inflight = inflight
-        self.worker_id = worker_id
+        self.worker = worker
+        self.worker_id = worker.id
         self.lease_seconds = lease_seconds
         self.interval = interval
         self.on_lost = on_lost
@@ -101,7 +102,7 @@ class Heartbeat(ThreadService):
                                                        lease_seconds=self.lease_seconds)
             self._report_blocked(held - renewed, holds)
         try:
-            workers.touch_worker(conn, self.worker_id)
+            workers.touch_worker(conn, self.worker)
         except psycopg.errors.LockNotAvailable:
             pass  # someone holds our worker row; the leases above are what matters
         self.last_ok = time.monotonic()

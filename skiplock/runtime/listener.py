@@ -47,19 +47,19 @@ class Listener(Service):
     """Calls `on_notify(queue)` for each NOTIFY naming one of `queues` (None: any), and
     `on_notify("")` after each (re)connection: notifications may have been missed meanwhile.
     With `on_cancel`, calls `on_cancel(job_id, attempt)` for each running job cancelled. With
-    `worker_id`, holds that worker's liveness lock on its session."""
+    `worker`, holds that worker's liveness lock on its session."""
 
     name = "listener"
     stop_timeout = 0  # it only waits for notifications: cancelled at once
 
     def __init__(self, url: str, on_notify: Callable[[str], None], *, queues: Collection[str] | None = None,
                  timeout: float = 1.0, on_cancel: Callable[[uuid.UUID, int], None] | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker: workers.Registration | None = None) -> None:
         super().__init__()
         self.url = url
         self.on_notify = on_notify
         self.on_cancel = on_cancel
-        self.worker_id = worker_id
+        self.worker = worker
         self.queues = set(queues) if queues else None
         self.timeout = timeout
         self.locked = False  # this session holds the worker's liveness lock
@@ -83,7 +83,7 @@ class Listener(Service):
             async for n in conn.notifies(timeout=self.timeout):
                 self._dispatch(n.channel, n.payload)
             # The timeout elapsed: is the connection still alive? (Taking the lock proves it too.)
-            if self.worker_id is not None and not self.locked:
+            if self.worker is not None and not self.locked:
                 await self._take_lock(conn)
             else:
                 await session.ping(conn)
@@ -97,8 +97,8 @@ class Listener(Service):
             self.on_notify(payload)
 
     async def _take_lock(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self.worker_id is not None and not self.locked:
-            self.locked = await workers.take_worker_lock(conn, self.worker_id)
+        if self.worker is not None and not self.locked:
+            self.locked = await workers.take_worker_lock(conn, self.worker)
 
     async def stop(self) -> None:
         self._leaving = True
@@ -118,11 +118,11 @@ class Listener(Service):
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._leaving and self.locked and self.worker_id is not None:
+        if self._leaving and self.locked and self.worker is not None:
             # Leaving on purpose: the end of this session must not read as the worker's death
             # while it still flushes and releases what it holds.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(workers.forget_worker_lock(conn, self.worker_id), FORGET_TIMEOUT)
+                await asyncio.wait_for(workers.forget_worker_lock(conn, self.worker.id), FORGET_TIMEOUT)
         self.locked = False
         try:
             await conn.close()

@@ -1,5 +1,6 @@
-"""Deletes finished jobs (and their history) older than the retention, in small batches so
-it never holds many row locks or blocks claims. The worker runs it as a service; operators
+"""Deletes finished jobs (and their history) older than the retention, then the finished
+batches of that age none of whose jobs is left, in small groups so it never holds many row
+locks or blocks claims. The worker runs it as a service; operators
 run the same loop once (`skiplock prune`, Operations.prune)."""
 
 from __future__ import annotations
@@ -8,19 +9,26 @@ from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
-from ..queries import jobs
+from ..queries import batches, jobs
 from .service import PeriodicService
 
 
 async def prune_finished_jobs(pool: AsyncConnectionPool, *, older_than_seconds: float, batch: int = 1000,
                               now: datetime | None = None) -> int:
-    """Delete every finished job older than `older_than_seconds`, `batch` rows per statement
-    (each its own transaction); returns how many were deleted."""
+    """Delete every finished job older than `older_than_seconds`, then the finished batches
+    of that age left without jobs, `batch` rows per statement (each its own transaction);
+    returns how many jobs were deleted."""
     total = 0
     while True:
         async with pool.connection() as conn:
             n = await jobs.prune_finished(conn, older_than_seconds=older_than_seconds, limit=batch, now=now)
         total += n
+        if n < batch:
+            break
+    while True:
+        async with pool.connection() as conn:
+            n = await batches.prune_finished_batches(conn, older_than_seconds=older_than_seconds, limit=batch,
+                                                     now=now)
         if n < batch:
             return total
 

@@ -90,9 +90,11 @@ class Worker:
         self.abandoned: list[uuid.UUID] = []  # jobs whose handlers still ran at the end of run()
         self.exit_code = 0
         self.inflight = InFlight(self.id)
+        self.registration = workers.Registration(self.id, socket.gethostname(), os.getpid(), self.queues,
+                                                 self.concurrency)
         # The heartbeat runs on its own thread and connection (a blocked event loop must not
         # stop it); the watchdog, built here for install_signal_handlers(), halts it if wedged.
-        self.heartbeat = Heartbeat(url, self.inflight, worker_id=self.id, lease_seconds=self.lease_seconds,
+        self.heartbeat = Heartbeat(url, self.inflight, worker=self.registration, lease_seconds=self.lease_seconds,
                                    interval=self.heartbeat_seconds, on_lost=self.inflight.lose)
         self.watchdog = Watchdog(self.id, lease_seconds=self.lease_seconds, grace_seconds=self.grace_seconds,
                                  request_stop=self.request_stop, held=self.inflight.held_ids,
@@ -131,7 +133,7 @@ class Worker:
         services: list[Lifecycle] = [completer, self.heartbeat, self.watchdog]
         if self.listen:  # also the worker's liveness lock, and prompt cancellation
             services.append(Listener(self.url, producer.notify, queues=self.queues, on_cancel=self.inflight.cancel,
-                                     worker_id=self.id))
+                                     worker=self.registration))
         services.append(Rescuer(pool, interval=self.rescue_interval,
                                 stale_worker_seconds=max(3600, self.lease_seconds * 10)))
         services.append(DeadWorkerRescuer(pool))
@@ -203,8 +205,7 @@ class Worker:
         while True:
             try:
                 async with pool.connection() as conn:
-                    await workers.register_worker(conn, worker_id=self.id, hostname=socket.gethostname(),
-                                                  pid=os.getpid(), queues=self.queues, concurrency=self.concurrency)
+                    await workers.register_worker(conn, self.registration)
                     await catalog.record_tasks(conn, self.registry, worker_id=self.id)
                 return
             except Exception as exc:  # noqa: BLE001 - keep trying until the database is ready

@@ -256,3 +256,34 @@ def test_a_waiting_job_counts_as_waiting_in_its_batch_and_a_batch_cancel_cancels
         == "cancelled"
     assert exact(conn, b)["cancelled"] == 1
     assert len(completion_jobs(conn, b)) == 1
+
+
+def test_the_pruner_deletes_a_finished_batch_with_its_jobs_and_never_an_unfinished_one(db_url, conn):
+    from skiplock import db
+    from skiplock.runtime.pruner import Pruner
+
+    done, active = make_batch(db_url, 2), make_batch(db_url, 2)
+    for b in (done, active):
+        conn.execute("UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                     "lease_expires_at = now() + interval '1 minute' WHERE batch_id = %s", (b,))
+    conn.execute("UPDATE skiplock.jobs SET state = 'succeeded', lease_expires_at = NULL, finished_at = now() "
+                 "WHERE batch_id = %s OR id = (SELECT min(id::text)::uuid FROM skiplock.jobs WHERE batch_id = %s)",
+                 (done, active))
+    assert exact(conn, done)["succeeded"] == 2 and exact(conn, active)["running"] == 1
+
+    async def prune(days: float) -> int:
+        now = conn.execute("SELECT now() AS t").fetchone()["t"] + timedelta(days=days)
+        pool = db.make_pool(db_url, min_size=1, max_size=1)
+        await pool.open()
+        try:
+            return await Pruner(pool, interval=60, retention_seconds=86400, batch=1).run_once(now=now)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(prune(0)) == 0  # not old enough: nothing goes
+    assert conn.execute("SELECT count(*) AS n FROM skiplock.batches").fetchone()["n"] == 2
+    assert asyncio.run(prune(2)) == 3  # the finished batch's two jobs and the active one's finished job
+    left = {r["id"] for r in conn.execute("SELECT id FROM skiplock.batches")}
+    assert left == {active}  # the finished batch went after its jobs; the active one stays, counts intact
+    assert counts(conn, active)[0] == {"total": 2, "waiting": 0, "queued": 0, "running": 1, "parked": 0,
+                                       "succeeded": 1, "failed": 0, "cancelled": 0}

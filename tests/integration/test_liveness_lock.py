@@ -5,6 +5,8 @@ fast rescue only for sessions of the running server."""
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -81,8 +83,43 @@ def test_only_workers_whose_lock_is_free_and_was_taken_since_the_server_started_
                 return await worker_queries.rescue_jobs_of_dead_workers(conn)
 
         assert [(r["id"], r["state"]) for r in asyncio.run(rescue())] == [(jobs["dead"], "queued")]
-        assert asyncio.run(rescue()) == []  # once: the dead worker's lock is forgotten
-        assert one(db_url, "SELECT lock_taken_at FROM skiplock.workers WHERE id = 'dead'") is None
+        assert asyncio.run(rescue()) == []  # once: the dead worker is forgotten, and no longer listed
+        assert one(db_url, "SELECT string_agg(id, ',' ORDER BY id) FROM skiplock.workers") == \
+            "alive,before_restart,never_locked"
     assert one(db_url, "SELECT last_error FROM skiplock.jobs WHERE id = %s", jobs["dead"]) == \
         "lease ended: worker dead stopped: its database session closed during attempt 1"
     assert one(db_url, "SELECT count(*) FROM skiplock.jobs WHERE state = 'running'") == 3
+
+
+def test_a_live_worker_whose_row_was_removed_registers_again_with_its_lock(db_url):
+    """The fast rescue removes the row of a worker whose lock it found free; if that worker
+    only lost its connection, it takes its lock back on a row registered again, and its
+    heartbeat restores a row removed by hand or by the stale-worker sweep."""
+    reg = TaskRegistry()
+
+    async def go() -> None:
+        w = Worker(db_url, registry=reg, poll_interval=0.05, grace_seconds=0.1, heartbeat_seconds=0.2)
+        runner = asyncio.create_task(w.run())
+        while holder(db_url, w.id) is None:
+            await asyncio.sleep(0.02)
+        first = holder(db_url, w.id)
+        with psycopg.connect(db_url, autocommit=True) as c:  # its listener's session ends, its row goes
+            c.execute("SELECT pg_terminate_backend(%s)", (first,))
+            c.execute("DELETE FROM skiplock.workers WHERE id = %s", (w.id,))
+        deadline = time.monotonic() + 10
+        while holder(db_url, w.id) in (None, first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert holder(db_url, w.id) not in (None, first), "the listener did not take its lock again"
+        assert one(db_url, "SELECT (pid, concurrency, lock_taken_at IS NOT NULL) FROM skiplock.workers "
+                           "WHERE id = %s", w.id) == (str(os.getpid()), str(w.concurrency), "t")
+        one(db_url, "DELETE FROM skiplock.workers WHERE id = %s RETURNING id", w.id)  # the heartbeat alone
+        deadline = time.monotonic() + 10
+        while not one(db_url, "SELECT count(*) FROM skiplock.workers WHERE id = %s", w.id) \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert one(db_url, "SELECT hostname FROM skiplock.workers WHERE id = %s", w.id) == socket.gethostname()
+        w.request_stop()
+        await asyncio.wait_for(runner, 20)
+        assert one(db_url, "SELECT count(*) FROM skiplock.workers") == 0  # gone on purpose: not registered again
+
+    asyncio.run(go())

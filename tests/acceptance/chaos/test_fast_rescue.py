@@ -57,6 +57,8 @@ def test_a_killed_workers_jobs_run_again_elsewhere_within_2s_with_the_default_le
     errors = [r[0] for r in rows(chaos_url, "SELECT error FROM skiplock.job_history WHERE job_id = ANY(%s)"
                                             " AND state = 'queued' AND attempt = 1", (jobs,))]
     assert errors == [f"lease ended: worker {a.worker_id} stopped: its database session closed during attempt 1"] * 3
+    # no longer listed as live (GET /health, /metrics, the dashboard read skiplock.workers)
+    assert scalar(chaos_url, "SELECT count(*) FROM skiplock.workers WHERE id = %s", (a.worker_id,)) == 0
     wait_terminal(chaos_url, jobs, 30)
     result = audit(chaos_url, jobs, fleet.disrupted)
     result.assert_clean()
