@@ -28,7 +28,7 @@ import psycopg
 from app import migrate
 from app.settings import Settings
 from app.wiring import database_url
-from skiplock import JobSpec, Operations
+from skiplock import InvalidTransition, JobNotFound, JobSpec, Operations
 
 from . import tasks  # noqa: F401 - registers the tasks this process submits
 from .ledger import SCHEMA_SQL
@@ -127,7 +127,10 @@ async def review_parked(ops: Operations, batch_id: uuid.UUID, after: float) -> N
         for job in page.jobs:
             parked = job.get("parked")
             if parked and datetime.fromisoformat(parked["at"]) <= cutoff:
-                await ops.resume(job["id"], {"approved": True, "by": "auto-review"}, correlation_id="auto-review")
+                try:
+                    await ops.resume(job["id"], {"approved": True, "by": "auto-review"}, correlation_id="auto-review")
+                except (InvalidTransition, JobNotFound):
+                    continue  # someone else decided first
                 approved.append(f"{job['task']} doc {job['args']['doc']}")
         cursor = page.next_cursor
         if cursor is None:
@@ -186,7 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     url = database()
     prepare(url)
-    log_path = args.worker_log or Path(tempfile.mkstemp(prefix="analysis-workers-", suffix=".log")[1])
+    log_path = args.worker_log
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="analysis-workers-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
     with open(log_path, "ab") as log:
         workers = start_workers(url, args.workers, args.concurrency, log)
     say(f"{len(workers)} workers started (pids {' '.join(str(w.pid) for w in workers)}); their logs: {log_path}")
