@@ -2,7 +2,7 @@
 runnable with 8 real worker processes, one of them SIGKILLed while it holds jobs. Every task
 ends in the state its quality-check schedule (examples/analysis_pipeline/qa.py) and the kill
 predict, run by run; the batch's counts equal a count of its jobs by state at every sample;
-the report job runs exactly once, with the final counts."""
+the report job runs exactly once, with the final counts. And the priority queue is served first."""
 
 from __future__ import annotations
 
@@ -19,8 +19,18 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from examples.analysis_pipeline.qa import ANALYSIS_QUEUES, QA_ATTEMPTS, REPORT_TASK, WORK_TASKS, plan, verdict
-from tests.acceptance.procs import ROOT, skiplock_env
+from examples.analysis_pipeline.ledger import SCHEMA_SQL
+from examples.analysis_pipeline.qa import (
+    ALL_QUEUES,
+    ANALYSIS_QUEUES,
+    QA_ATTEMPTS,
+    REPORT_TASK,
+    URGENT_TASK,
+    WORK_TASKS,
+    plan,
+    verdict,
+)
+from tests.acceptance.procs import ROOT, scalar, skiplock_env, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +193,35 @@ def kill_a_busy_worker(conn: psycopg.Connection[dict[str, Any]], out: Path) -> s
     assert pid in pids
     os.kill(pid, signal.SIGKILL)
     return str(row["worker_id"])
+
+
+def test_urgent_tasks_are_claimed_before_analyses_submitted_earlier(db_url: str, tmp_path: Path):
+    """The priority queue is served first: with one slot, every urgent task runs before the
+    analyses queued before it, whatever queue the fair turn starts from."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(SCHEMA_SQL.encode())
+        conn.execute("INSERT INTO skiplock.queues (name, paused) SELECT unnest(%s::text[]), true", (list(ALL_QUEUES),))
+    worker = start(["worker", "--concurrency", "1"], skiplock_env(
+        db_url, tasks="examples.analysis_pipeline.tasks", queues=",".join(ALL_QUEUES)), tmp_path / "worker.log")
+    try:
+        # the task defaults (queue, priority) come from what the worker recorded in skiplock.tasks
+        wait_for(lambda: scalar(db_url, "SELECT count(*) FROM skiplock.tasks") == len(WORK_TASKS) + 1, 60,
+                 "the worker to record its tasks")
+        passing = [(name, d) for name in WORK_TASKS for d in range(200)
+                   if verdict(d, name).passes_on == 1 and not verdict(d, name).unreadable]
+        analyses = [next(p for p in passing if p[0] == queue) for queue in ANALYSIS_QUEUES[:12]]
+        urgent = [p for p in passing if p[0] == URGENT_TASK][:3]
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for name, doc in [*analyses, *urgent]:
+                conn.execute("SELECT skiplock.enqueue(%s, jsonb_build_object('doc', %s::int))", (name, doc))
+            assert conn.execute("SELECT array_agg(DISTINCT queue) FROM skiplock.jobs WHERE task = %s",
+                                (URGENT_TASK,)).fetchone() == (["priority"],)
+            conn.execute("UPDATE skiplock.queues SET paused = false")
+        wait_for(lambda: scalar(db_url, "SELECT count(*) FROM skiplock.jobs WHERE state = 'succeeded'") == 15, 60,
+                 "every task to run")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        order = [t for t, in conn.execute("SELECT task FROM skiplock.jobs ORDER BY started_at")]
+    assert order[:3] == [URGENT_TASK] * 3
