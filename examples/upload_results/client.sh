@@ -47,7 +47,7 @@ fi
 LAST=
 TRIES=0
 while :; do
-    DETAIL=$(api "$API/jobs/$JOB")
+    DETAIL=$(api -f "$API/jobs/$JOB")
     STATE=$(printf '%s' "$DETAIL" | text state)
     [ "$STATE" = "$LAST" ] || echo "job $JOB: $STATE"
     LAST=$STATE

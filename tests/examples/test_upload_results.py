@@ -126,3 +126,88 @@ def test_the_check_finds_duplicates_when_the_handler_writes_outside_its_jobs_tra
     duplicated = [r for r in rows if r[6] > 1]
     assert duplicated, (report, wrong[:5])
     print(f"\nautocommit handler: {report} duplicated={len(duplicated)} wrong={len(wrong)}")
+
+
+def test_an_upload_rolled_back_after_its_enqueue_leaves_no_job_and_no_upload(db_url: str, webapp: str):
+    status, body = post(f"{webapp}/uploads?name=a.txt&fail_after_enqueue=1", b"some text", "rolled-back-upload")
+    assert status == 500 and body["rolled_back"] is True, body
+    with psycopg.connect(db_url, autocommit=True) as c:
+        def stored(upload_id: int, job_id: str, rid: str) -> tuple[Any, ...] | None:
+            return c.execute("""
+                SELECT (SELECT count(*) FROM uploads_app.uploads WHERE id = %(u)s OR correlation_id = %(r)s),
+                       (SELECT count(*) FROM skiplock.jobs WHERE id = %(j)s OR correlation_id = %(r)s),
+                       (SELECT count(*) FROM skiplock.job_history WHERE job_id = %(j)s)""",
+                             {"u": upload_id, "j": job_id, "r": rid}).fetchone()
+
+        assert stored(body["upload_id"], body["job_id"], "rolled-back-upload") == (0, 0, 0)
+        # The same upload without the failure stores both, so the check above sees what exists.
+        status, kept = post(f"{webapp}/uploads?name=a.txt", b"some text", "kept-upload")
+        assert status == 201, kept
+        assert stored(kept["upload_id"], kept["job_id"], "kept-upload") == (1, 1, 0)
+
+
+TIMELINE = re.compile(r"^  (\w+) +(\S+)  attempt (\d+)  worker (\S+)  correlation_id=(\S+)$", re.MULTILINE)
+
+
+def test_the_curl_client_follows_an_upload_through_skiplocks_api_with_its_request_id(db_url: str, webapp: str,
+                                                                                       tmp_path: Path):
+    port = free_port()
+    env = skiplock_env(db_url, api_tokens="ops-secret,viewer:read", tasks="examples.upload_results.tasks")
+    procs = [start(["api", "--port", str(port)], env, tmp_path / "api.log"), start(["worker"], env, tmp_path / "w.log")]
+    try:
+        wait_for(lambda: live_workers(port) > 0, 60, "the API and a live worker")
+        doc = tmp_path / "notes.txt"
+        doc.write_bytes(b"first line of notes\nsecond line\n")
+        client_env = {**env, "SKIPLOCK_API": f"http://127.0.0.1:{port}", "UPLOADS_APP": webapp,
+                      "SKIPLOCK_TOKEN": "viewer", "REQUEST_ID": "curl-client-42"}
+        done = subprocess.run(["sh", str(EXAMPLE / "client.sh"), str(doc)], env=client_env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        steps = TIMELINE.findall(done.stdout)
+        assert [s[0] for s in steps] == ["queued", "running", "succeeded"], done.stdout
+        assert {s[4] for s in steps} == {"curl-client-42"}, done.stdout
+        assert f"analysed, 1 result row(s): 6 words, 2 lines, sha256 {hashlib.sha256(doc.read_bytes()).hexdigest()}" \
+            in done.stdout, done.stdout
+
+        failed = subprocess.run(["sh", str(EXAMPLE / "client.sh"), "--fail", str(doc)], env=client_env,
+                                capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 0, failed.stdout + failed.stderr
+        assert re.search(r"rolled back: GET \S+/jobs/\S+ -> 404, GET \S+/uploads/\d+ -> 404", failed.stdout), \
+            failed.stdout
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+
+
+def live_workers(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:  # noqa: S310
+            return int(json.load(resp)["workers"]["live"])
+    except OSError:
+        return 0
+
+
+def test_the_example_runs_with_one_command_against_an_embedded_cluster_it_starts_and_stops(tmp_path: Path):
+    pg_port = free_port()
+    env = {**skiplock_env(None, home=tmp_path / "home", embedded_port=pg_port, port=free_port()),
+           "UPLOADS_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-m", "examples.upload_results"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    out = done.stdout
+    blocks = out.split("\n$ examples/upload_results/client.sh ")[1:]
+    assert len(blocks) == 4, out
+    for block in blocks[:3]:
+        rid = re.search(r"\(X-Request-ID: (\S+)\)", block)
+        assert rid, block
+        steps = TIMELINE.findall(block)
+        assert [s[0] for s in steps] == ["queued", "running", "succeeded"], block
+        assert {s[4] for s in steps} == {rid[1]}, block
+        assert "analysed, 1 result row(s)" in block, block
+    assert re.search(r"rolled back: \S+ \S+ -> 404, \S+ \S+ -> 404", blocks[3]), blocks[3]
+    assert len(re.findall(r"^\d+ +\S+ +analysed +\d+ +1 +succeeded +upload-\w+$", out, re.MULTILINE)) == 3, out
+    cluster = Cluster(tmp_path / "home", port=pg_port)
+    assert cluster.initialized() and not cluster.running()  # stopped again: it started it
+    cluster.destroy()
