@@ -2,8 +2,8 @@
 URL MAX_KILLS SEED [autocommit]`. Each life is a real worker process (forked from this one
 after the imports) running the example's task; once the life has analysed its first upload it
 is SIGKILLed 0-50 ms later, wherever its jobs are: claimed, reading, writing, acknowledging,
-committing. After MAX_KILLS kills a last life runs until every upload is analysed. Prints
-`kills=N lives=M`.
+committing (SEED makes the delays repeatable). After MAX_KILLS kills a last life runs until
+every job has ended. Prints `kills=N lives=M seed=S`.
 
 `autocommit` swaps in a broken handler, used only to show the test can fail: the same writes
 on an autocommit connection of its own instead of ctx.transaction(), so a kill after the
@@ -92,7 +92,7 @@ def main(url: str, max_kills: int, seed: int, variant: str) -> None:
         time.sleep(0.05)
     os.kill(pid, signal.SIGTERM)
     os.waitpid(pid, 0)
-    print(f"kills={kills} lives={lives}", flush=True)
+    print(f"kills={kills} lives={lives} seed={seed}", flush=True)
 
 
 if __name__ == "__main__":
