@@ -49,6 +49,10 @@ psql: $(STAMP) ## psql on the database in use (also reads SQL from stdin)
 stop-db: $(STAMP) ## stop the embedded PostgreSQL
 	$(PY) -m app stop-db
 
+.PHONY: example-uploads
+example-uploads: $(STAMP) ## examples/upload_results/: uploads, jobs and results, end to end
+	$(PY) -m examples.upload_results
+
 bench: $(STAMP) ## throughput and latency beside the raw-SQL floor (writes bench/results.json)
 	$(PY) -m bench
 
@@ -62,7 +66,7 @@ soak: $(STAMP) ## steady load for SOAK_MINUTES (10): throughput, pickup latency,
 	$(PY) -m bench.soak
 
 lint: $(STAMP) ## ruff and mypy (strict)
-	$(VENV)/bin/ruff check skiplock app tests bench migrations
+	$(VENV)/bin/ruff check skiplock app tests bench migrations examples
 	$(VENV)/bin/mypy
 
 clean: ## remove the venv and the embedded cluster's files
