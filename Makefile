@@ -49,6 +49,10 @@ psql: $(STAMP) ## psql on the database in use (also reads SQL from stdin)
 stop-db: $(STAMP) ## stop the embedded PostgreSQL
 	$(PY) -m app stop-db
 
+.PHONY: example-uploads
+example-uploads: $(STAMP) ## examples/upload_results/: uploads, jobs and results, end to end
+	$(PY) -m examples.upload_results
+
 bench: $(STAMP) ## throughput and latency beside the raw-SQL floor (writes bench/results.json)
 	$(PY) -m bench
 

@@ -1,0 +1,1 @@
+"""Uploads, jobs and results: see README.md beside this file."""
