@@ -63,7 +63,7 @@ chaos: $(STAMP) ## crash, outage and race scenarios with real processes (long fo
 	SKIPLOCK_CHAOS=long $(PY) -m pytest tests/acceptance/chaos -v
 
 example-analysis: $(STAMP) ## the document analysis example (examples/analysis_pipeline; TASKS=300)
-	$(PY) -m examples.analysis_pipeline.pipeline --tasks $(or $(TASKS),300) --auto-review $(or $(REVIEW_AFTER),3)
+	$(PY) -m examples.analysis_pipeline --tasks $(or $(TASKS),300) --auto-review $(or $(REVIEW_AFTER),3)
 
 soak: $(STAMP) ## steady load for SOAK_MINUTES (10): throughput, pickup latency, dead tuples, table size
 	$(PY) -m bench.soak

@@ -1,4 +1,4 @@
-"""Run the document analysis process: `python -m examples.analysis_pipeline.pipeline --tasks 300`.
+"""Run the document analysis process: `python -m examples.analysis_pipeline --tasks 300`.
 
 Sets up the queues (max_waiting 10000 on each analysis queue) and the example's own tables,
 starts worker processes (`python -m app worker`) that share every queue, submits one batch of

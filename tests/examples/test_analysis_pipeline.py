@@ -100,7 +100,7 @@ def test_the_pipeline_survives_a_killed_worker_with_exact_counts_and_one_report(
     env = skiplock_env(db_url)
     with open(out, "wb") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "examples.analysis_pipeline.pipeline", "--tasks", str(TASKS), "--work-ms", "150",
+            [sys.executable, "-m", "examples.analysis_pipeline", "--tasks", str(TASKS), "--work-ms", "150",
              "--auto-review", "0.3", "--worker-log", str(tmp_path / "workers.log")],
             cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     killed = ""
