@@ -4,6 +4,7 @@ same Operations method the API's route makes. Login and logout."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
@@ -11,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from app.http.auth import find_token
+from skiplock.errors import InvalidInput
 from skiplock.ops import Operations
 
 from .session import csrf_ok
@@ -60,6 +62,7 @@ def action(body: ActionBody) -> Callable[[Request], Awaitable[Response]]:
         form = await _form(request)
         if (refusal := _refused(request, v, form)) is not None:
             return refusal
+        request.state.form = form
         url, done = await body(request, api(request).ops, _cid(request))
         return back(url, done)
 
@@ -80,8 +83,14 @@ async def cancel(request: Request, ops: Operations, cid: str) -> tuple[str, str]
 
 @action
 async def resume_job(request: Request, ops: Operations, cid: str) -> tuple[str, str]:
-    row = await ops.resume(request.path_params["job_id"], correlation_id=cid)
-    return f"/ui/jobs/{row['id']}", "Parked job queued again"
+    """The form's optional `data` (JSON) is what the job's next attempt gets as ctx.review."""
+    raw = request.state.form.get("data", "").strip()
+    try:
+        data = json.loads(raw) if raw else None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"data is not valid JSON: {exc}", field="data") from None
+    row = await ops.resume(request.path_params["job_id"], data, correlation_id=cid)
+    return f"/ui/jobs/{row['id']}", "Parked job queued again" + (" with data" if data is not None else "")
 
 
 @action

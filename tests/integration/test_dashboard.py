@@ -252,8 +252,15 @@ def test_a_parked_job_shows_its_reason_and_data_and_is_resumed_or_failed_with_a_
     assert "&#34;score&#34;: 0.4" in page.text or '"score": 0.4' in page.text
     csrf = csrf_of(page.text)
     assert open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": "forged"}).status_code == 403
-    assert open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": csrf}).status_code == 303
+    bad = open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": csrf, "data": "{approved"})
+    assert bad.status_code == 422 and "data is not valid JSON" in bad.text and state_of(db_url, ids[0]) == "waiting"
+    done = open_client.post(f"/ui/jobs/{ids[0]}/resume", data={"csrf": csrf, "data": ' {"approved": true} '})
+    assert done.status_code == 303 and "with%20data" in done.headers["location"]
     assert state_of(db_url, ids[0]) == "queued"
+    with psycopg.connect(db_url, autocommit=True) as c:  # what the next attempt gets as ctx.review
+        review = c.execute("SELECT review FROM skiplock.jobs WHERE id = %s", (ids[0],)).fetchone()
+    assert review == ({"approved": True},)
+    assert 'name="data"' in open_client.get(f"/ui/jobs/{ids[1]}").text  # the resume-with-data form
     assert open_client.post(f"/ui/jobs/{ids[1]}/fail", data={"csrf": csrf}).status_code == 303
     assert state_of(db_url, ids[1]) == "failed"
     assert open_client.post(f"/ui/jobs/{ids[1]}/resume", data={"csrf": csrf}).status_code == 409

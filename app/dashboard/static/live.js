@@ -18,7 +18,11 @@
         var fresh = new DOMParser().parseFromString(html, "text/html");
         document.querySelectorAll("[data-live]").forEach(function (old) {
           var next = fresh.getElementById(old.id);
-          if (next) { old.replaceWith(document.importNode(next, true)); }
+          // a part with a field being filled in is left alone until the field is sent or emptied
+          var typing = Array.prototype.some.call(old.querySelectorAll("textarea"), function (t) {
+            return t.value !== "" || t === document.activeElement;
+          });
+          if (next && !typing) { old.replaceWith(document.importNode(next, true)); }
         });
       })
       .catch(function () { /* the next tick tries again */ });
