@@ -139,6 +139,27 @@ def test_operating_the_queue_from_the_dashboard(server: str, browser: Any, db_ur
     assert page.locator("tr[data-job]").count() == 3
     shot(page, tmp_path, "batch")
 
+    # one of its jobs parked for review: resumed with data typed on its page, kept across a live refresh
+    parked = scalar(db_url, "SELECT min(id::text) FROM skiplock.jobs WHERE batch_id = %s", (batch,))
+    scalar(db_url, "UPDATE skiplock.jobs SET state = 'running', attempt = 1, worker_id = 'w', "
+                   "lease_expires_at = now() + interval '1 minute' WHERE id = %s RETURNING 1", (parked,))
+    scalar(db_url, "UPDATE skiplock.jobs SET state = 'waiting', attempt = 0, lease_expires_at = NULL, "
+                   "parked = jsonb_build_object('reason', 'score 0.41 too low', 'at', now()) WHERE id = %s RETURNING 1",
+           (parked,))
+    page.reload()
+    assert [page.locator("#counts td").nth(i).inner_text() for i in (2, 4)] == ["2", "1"]  # queued, in review
+    page.goto(f"{server}/ui/jobs/{parked}")
+    assert "score 0.41 too low" in page.locator("#parked").inner_text()
+    page.fill("textarea[name=data]", '{"approved": true, "by": "ana"}')
+    page.wait_for_timeout(6000)  # a live refresh (every 5 s) must not wipe what was typed
+    assert page.locator("textarea[name=data]").input_value() == '{"approved": true, "by": "ana"}'
+    shot(page, tmp_path, "parked")
+    page.click("button[data-action='Resume with data']")
+    page.wait_for_selector("#flash")
+    assert page.locator("#job-state").inner_text() == "queued"
+    review = scalar(db_url, "SELECT review FROM skiplock.jobs WHERE id = %s", (parked,))
+    assert review == {"approved": True, "by": "ana"}
+
     # pause a queue
     page.goto(server + "/")
     page.click("tr[data-queue='default'] button[data-action=Pause]")
