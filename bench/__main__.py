@@ -149,8 +149,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         best = max(runs, key=lambda x: x["rate"])
                         two = peers.drain(server, "pgqueuer", logdir, drain_n, stop_at=drain_n // 2, processes=2,
                                           batch=best["batch"])
-                        return {"runs": runs, "best": best, "two_processes": two}
+                        return {"runs": runs, "best": best, "two_processes": two,
+                                "alternating": alternating_drains(best["batch"])}
+
+                    def alternating_drains(batch: int) -> dict[str, list[float]]:
+                        """Skiplock's best drain and PgQueuer's, one process then two, taken in
+                        turn: the host's speed drifts over minutes, so a ratio of figures taken
+                        minutes apart says more about the drift than about the two systems."""
+                        out: dict[str, list[float]] = {"ours": [], "theirs": [], "ours_two": [], "theirs_two": []}
+                        for _ in range(reps):
+                            for p, suffix in ((1, ""), (2, "_two")):
+                                out["ours" + suffix].append(ours.drain(server, logdir, drain_n, concurrency=conc,
+                                                                       processes=p)["rate"])
+                                out["theirs" + suffix].append(peers.drain(
+                                    server, "pgqueuer", logdir, drain_n, stop_at=drain_n // 2, processes=p,
+                                    batch=batch)["rate"])
+                        return out
+
+                    def alternating_enqueues() -> dict[str, list[float]]:
+                        """Skiplock's enqueue calls and PgQueuer's, in turn (as the drains)."""
+                        out: dict[str, list[float]] = {"ours_one": [], "ours_bulk": [], "theirs_one": [],
+                                                       "theirs_bulk": []}
+                        for _ in range(reps):
+                            with server.database("enqueue_alt") as url:
+                                out["ours_one"].append(ours.enqueue_one_per_tx(url, 1000))
+                                out["ours_bulk"].append(ours.enqueue_bulk(url, 20_000))
+                            theirs = peers.enqueue(server, "pgqueuer", n_one=1000, n_bulk=20_000)
+                            out["theirs_one"].append(theirs["enqueue_one"])
+                            out["theirs_bulk"].append(theirs["enqueue_bulk"])
+                        return out
+
                     step(sys_results, "drain", pgq_drain)
+                    step(sys_results, "enqueue_alternating", alternating_enqueues)
                 else:
                     def pro_drain() -> dict[str, Any]:
                         runs = [peers.drain(server, "procrastinate", logdir, 10_000, stop_at=3000, concurrency=c)

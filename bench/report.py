@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Any
 
 
@@ -72,19 +73,34 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     label = f"drain, 1 process (c={best['concurrency']})" if isinstance(best, dict) else "drain, 1 process"
     two = _get(r, "drain", "two_processes", "rate")
     ratio_row(f"{label} vs its SQL alone", drain, sa.get("claim_ack"), "SQL alone", 0.85)
-    ratio_row("drain, 1 process vs PgQueuer best", drain, _get(r, "pgqueuer", "drain", "best", "rate"), "PgQueuer",
-              2.0)
-    ratio_row("drain, 2 processes vs 1 process", two, drain, "1 process", 1.5)
-    ratio_row("drain, 2 processes vs PgQueuer 2 processes", two, _get(r, "pgqueuer", "drain", "two_processes", "rate"),
-              "PgQueuer", 2.0)
+    alt = _get(r, "pgqueuer", "drain", "alternating") or {}
+    if alt.get("ours"):
+        ratio_row(f"drain, 1 process vs PgQueuer best, in turn (medians of {len(alt['ours'])})", median(alt["ours"]),
+                  median(alt["theirs"]), "PgQueuer", 2.0)
+        ratio_row("drain, 2 processes vs 1 process, in turn", median(alt["ours_two"]), median(alt["ours"]),
+                  "1 process", 1.5)
+        ratio_row("drain, 2 processes vs PgQueuer 2 processes, in turn", median(alt["ours_two"]),
+                  median(alt["theirs_two"]), "PgQueuer", 2.0)
+    ratio_row("drain, 1 process vs PgQueuer best (minutes apart)", drain,
+              _get(r, "pgqueuer", "drain", "best", "rate"), "PgQueuer", None if alt.get("ours") else 2.0)
+    ratio_row("drain, 2 processes vs 1 process (minutes apart)" if alt.get("ours") else
+              "drain, 2 processes vs 1 process", two, drain, "1 process", None if alt.get("ours") else 1.5)
+    ratio_row("drain, 2 processes vs PgQueuer 2 processes (minutes apart)", two,
+              _get(r, "pgqueuer", "drain", "two_processes", "rate"), "PgQueuer", None if alt.get("ours") else 2.0)
     ratio_row("enqueue, Python, 1 job/tx vs its SQL alone", _get(r, "enqueue", "one"), sa.get("insert_one"),
               "SQL alone", 0.9)
+    ealt = _get(r, "pgqueuer", "enqueue_alternating") or {}
+    if ealt.get("ours_one"):
+        ratio_row(f"enqueue, Python, 1 job/tx vs PgQueuer, in turn (medians of {len(ealt['ours_one'])})",
+                  median(ealt["ours_one"]), median(ealt["theirs_one"]), "PgQueuer", 1.0)
+        ratio_row("enqueue, Python bulk vs PgQueuer, in turn", median(ealt["ours_bulk"]),
+                  median(ealt["theirs_bulk"]), "PgQueuer", 1.0)
     ratio_row("enqueue, Python, 1 job/tx vs PgQueuer", _get(r, "enqueue", "one"),
-              _get(r, "pgqueuer", "enqueue", "enqueue_one"), "PgQueuer", 1.0)
+              _get(r, "pgqueuer", "enqueue", "enqueue_one"), "PgQueuer", None if ealt.get("ours_one") else 1.0)
     ratio_row("enqueue, Python bulk 10,000/call vs its SQL alone", _get(r, "enqueue", "bulk"),
               sa.get("insert_batch"), "SQL alone", 0.8)
     ratio_row("enqueue, Python bulk vs PgQueuer", _get(r, "enqueue", "bulk"),
-              _get(r, "pgqueuer", "enqueue", "enqueue_bulk"), "PgQueuer", 1.0)
+              _get(r, "pgqueuer", "enqueue", "enqueue_bulk"), "PgQueuer", None if ealt.get("ours_one") else 1.0)
     ratio_row("HTTP POST /jobs, 32 clients vs empty Starlette POST", _get(http, "post_jobs", "rate"),
               _get(http, "empty_post", "rate"), "empty POST", 0.6)
     ratio_row("HTTP POST /jobs, 32 clients vs issue 5's figure (another run)", _get(http, "post_jobs", "rate"),
