@@ -33,7 +33,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     out: list[tuple[str, str, str, str, str, str]] = []
 
     def ratio_row(name: str, ours: Any, ref: Any, ref_name: str, target: float | None, unit: str = "/s",
-                  inverse: bool = False) -> None:
+                  inverse: bool = False, times: bool = False) -> None:
         if ours is None or ref is None or not ref:
             tgt = "" if not target else (f"<= {target:g}x" if inverse else
                                          f">= {target:g}x" if target >= 1 else f">= {target:.0%}")
@@ -47,7 +47,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         else:
             verdict, tgt = ("met" if ratio >= target else "NOT MET"), (f">= {target:g}x" if target >= 1
                                                                       else f">= {target:.0%}")
-        shown = f"{ratio:.2f}x" if (target or 0) >= 1 or inverse or ratio >= 1.5 else f"{ratio:.0%}"
+        shown = f"{ratio:.2f}x" if (target or 0) >= 1 or inverse or times or ratio >= 1.5 else f"{ratio:.0%}"
         out.append((name, _n(ours, unit), f"{ref_name} {_n(ref, unit)}", shown, tgt, verdict))
 
     f = r.get("floor", {})
@@ -82,11 +82,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         ratio_row("drain, 2 processes vs PgQueuer 2 processes, in turn", median(alt["ours_two"]),
                   median(alt["theirs_two"]), "PgQueuer", 2.0)
     ratio_row("drain, 1 process vs PgQueuer best (minutes apart)", drain,
-              _get(r, "pgqueuer", "drain", "best", "rate"), "PgQueuer", None if alt.get("ours") else 2.0)
+              _get(r, "pgqueuer", "drain", "best", "rate"), "PgQueuer", None if alt.get("ours") else 2.0, times=True)
     ratio_row("drain, 2 processes vs 1 process (minutes apart)" if alt.get("ours") else
-              "drain, 2 processes vs 1 process", two, drain, "1 process", None if alt.get("ours") else 1.5)
+              "drain, 2 processes vs 1 process", two, drain, "1 process", None if alt.get("ours") else 1.5, times=True)
     ratio_row("drain, 2 processes vs PgQueuer 2 processes (minutes apart)", two,
-              _get(r, "pgqueuer", "drain", "two_processes", "rate"), "PgQueuer", None if alt.get("ours") else 2.0)
+              _get(r, "pgqueuer", "drain", "two_processes", "rate"), "PgQueuer", None if alt.get("ours") else 2.0,
+              times=True)
     ratio_row("enqueue, Python, 1 job/tx vs its SQL alone", _get(r, "enqueue", "one"), sa.get("insert_one"),
               "SQL alone", 0.9)
     ealt = _get(r, "pgqueuer", "enqueue_alternating") or {}
@@ -96,11 +97,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         ratio_row("enqueue, Python bulk vs PgQueuer, in turn", median(ealt["ours_bulk"]),
                   median(ealt["theirs_bulk"]), "PgQueuer", 1.0)
     ratio_row("enqueue, Python, 1 job/tx vs PgQueuer", _get(r, "enqueue", "one"),
-              _get(r, "pgqueuer", "enqueue", "enqueue_one"), "PgQueuer", None if ealt.get("ours_one") else 1.0)
+              _get(r, "pgqueuer", "enqueue", "enqueue_one"), "PgQueuer", None if ealt.get("ours_one") else 1.0,
+              times=True)
     ratio_row("enqueue, Python bulk 10,000/call vs its SQL alone", _get(r, "enqueue", "bulk"),
               sa.get("insert_batch"), "SQL alone", 0.8)
     ratio_row("enqueue, Python bulk vs PgQueuer", _get(r, "enqueue", "bulk"),
-              _get(r, "pgqueuer", "enqueue", "enqueue_bulk"), "PgQueuer", None if ealt.get("ours_one") else 1.0)
+              _get(r, "pgqueuer", "enqueue", "enqueue_bulk"), "PgQueuer", None if ealt.get("ours_one") else 1.0,
+              times=True)
     ratio_row("HTTP POST /jobs, 32 clients vs empty Starlette POST", _get(http, "post_jobs", "rate"),
               _get(http, "empty_post", "rate"), "empty POST", 0.6)
     ratio_row("HTTP POST /jobs, 32 clients vs issue 5's figure (another run)", _get(http, "post_jobs", "rate"),
@@ -143,7 +146,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
               fl.get("max_running_rate"), fl.get("no_limit"), "no limit", 0.9)
     for kind, ref_key in (("1 job/tx", "enqueue_one"), ("bulk", "enqueue_bulk")):
         ratio_row(f"enqueue {kind} vs Procrastinate", _get(r, "enqueue", "one" if kind == "1 job/tx" else "bulk"),
-                  _get(r, "procrastinate", "enqueue", ref_key), "Procrastinate", None)
+                  _get(r, "procrastinate", "enqueue", ref_key), "Procrastinate", None, times=True)
     ratio_row("drain, 1 process vs Procrastinate best", drain, _get(r, "procrastinate", "drain", "best", "rate"),
               "Procrastinate", None)
     ratio_row("pickup latency p50 vs Procrastinate", lat.get("p50"), _get(r, "procrastinate", "latency", "p50"),
