@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..backoff import Backoff
+from ..backoff import DEFAULT_BACKOFF, Backoff
 from ..context import JobContext
-from ..errors import JobCancelled, NonRetryableError, Park, SkiplockError
+from ..errors import JobCancelled, NonRetryableError, Park, SkiplockError, UnknownTask
 from ..job import ClaimedJob
 from ..storable import MAX_RESULT_BYTES, InvalidResult, Unstorable, safe_text, to_json
 from ..tasks import TaskRegistry
@@ -129,8 +129,15 @@ async def execute(job: ClaimedJob, ctx: JobContext, registry: TaskRegistry, *,
 
     try:
         t = registry.get(job.task)
+    except UnknownTask as exc:
+        # Another worker may import it (a fleet mid-deploy, or workers of different code
+        # sharing a queue): a failed attempt, retried after the default backoff, so the job
+        # finds such a worker or fails on its last attempt, as a handler's error would.
+        error = f"UnknownTask: {exc.message}; not imported by worker {ctx.worker_id} (SKIPLOCK_TASKS)"
+        return failed_attempt(job, ctx, DEFAULT_BACKOFF, safe_text(error), duration=loop.time() - started)
+    try:
         kwargs = t.call_kwargs(job.args)
-    except SkiplockError as exc:  # a job that can never run here: dead-letter it at once
+    except SkiplockError as exc:  # arguments the task can never take: dead-letter it at once
         return outcome("failed", error=safe_text(f"{type(exc).__name__}: {exc.message}"))
     except BaseException as exc:  # noqa: BLE001 - an argument model's own validator raised
         return outcome("failed", error=_error_text(exc))

@@ -200,11 +200,28 @@ def test_a_checkpoint_lets_the_next_attempt_resume_and_progress_is_stored(db_url
     assert row["progress"] == {"percent": 50.0, "message": "half way"}
 
 
-def test_unknown_task_in_the_table_is_dead_lettered_not_crashing_the_worker(db_url, pg_conn, reg, make_job):
-    job = make_job(task="no_such_task", args={})
+def test_unknown_task_in_the_table_fails_its_last_attempt_not_crashing_the_worker(db_url, pg_conn, reg, make_job):
+    job = make_job(task="no_such_task", args={}, max_attempts=1)
     run(drain(db_url, reg))
     row = job_row(pg_conn, job)
     assert row["state"] == "failed" and "unknown task 'no_such_task'" in row["last_error"]
+    assert "not imported by worker" in row["last_error"]
+
+
+def test_a_task_this_worker_does_not_import_is_retried_and_run_by_a_worker_that_does(db_url, pg_conn, reg,
+                                                                                    make_job):
+    """A fleet mid-deploy: an old worker claims a job of a task only the new workers import.
+    Its attempt fails and the job goes back after the backoff, instead of failing for good."""
+    job = make_job(task="echo", args={"message": "new code"}, max_attempts=3)
+    run(Worker(db_url, registry=TaskRegistry(), burst=True, poll_interval=0.02).run())  # the old worker
+    row = job_row(pg_conn, job)
+    assert (row["state"], row["attempt"]) == ("queued", 1), row
+    assert "unknown task 'echo'" in row["last_error"] and row["run_at"] > row["created_at"]
+    pg_conn.execute("UPDATE skiplock.jobs SET run_at = now() WHERE id = %s", (job,))  # the backoff has passed
+    pg_conn.commit()
+    run(drain(db_url, reg))  # a new worker
+    row = job_row(pg_conn, job)
+    assert (row["state"], row["attempt"], row["result"]) == ("succeeded", 2, {"message": "new code"}), row
 
 
 def test_cancelling_a_running_job_stops_it_at_the_next_heartbeat(db_url, pg_conn, reg):
