@@ -49,7 +49,6 @@ class Heartbeat(ThreadService):
         self.url = url
         self.inflight = inflight
         self.worker = worker
-        self.worker_id = worker.id
         self.lease_seconds = lease_seconds
         self.interval = interval
         self.on_lost = on_lost
@@ -59,6 +58,10 @@ class Heartbeat(ThreadService):
         self._last: tuple[Attempts, Attempts] = ({}, {})
         self._blocked: set[uuid.UUID] = set()
         self._waiter: threading.Thread | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self.worker.id
 
     def healthy(self) -> bool:
         """False once renewals have failed for longer than half a lease: our leases may lapse,

@@ -5,6 +5,7 @@ run the same loop once (`skiplock prune`, Operations.prune)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
@@ -18,17 +19,19 @@ async def prune_finished_jobs(pool: AsyncConnectionPool, *, older_than_seconds: 
     """Delete every finished job older than `older_than_seconds`, then the finished batches
     of that age left without jobs, `batch` rows per statement (each its own transaction);
     returns how many jobs were deleted."""
+    total = await _in_groups(pool, jobs.prune_finished, older_than_seconds, batch, now)
+    await _in_groups(pool, batches.prune_finished_batches, older_than_seconds, batch, now)
+    return total
+
+
+async def _in_groups(pool: AsyncConnectionPool, prune: Callable[..., Awaitable[int]], older_than_seconds: float,
+                     batch: int, now: datetime | None) -> int:
+    """Run `prune` (`batch` rows per statement) until a statement finds fewer; how many it deleted."""
     total = 0
     while True:
         async with pool.connection() as conn:
-            n = await jobs.prune_finished(conn, older_than_seconds=older_than_seconds, limit=batch, now=now)
+            n = await prune(conn, older_than_seconds=older_than_seconds, limit=batch, now=now)
         total += n
-        if n < batch:
-            break
-    while True:
-        async with pool.connection() as conn:
-            n = await batches.prune_finished_batches(conn, older_than_seconds=older_than_seconds, limit=batch,
-                                                     now=now)
         if n < batch:
             return total
 
