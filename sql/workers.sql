@@ -1,9 +1,13 @@
 -- Queries on skiplock.workers.
 
 -- name: register_worker
--- A worker's row, registered at its start and again by each heartbeat (touch_worker), which
--- so also brings back a row that is gone (removed by the fast rescue while only its
--- connection was broken, or by the stale-worker sweep while it was stopped).
+INSERT INTO skiplock.workers (id, hostname, pid, queues, concurrency)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: touch_worker
+-- The heartbeat. A worker whose row is gone (removed by the fast rescue while only its
+-- connection was broken, or by the stale-worker sweep while it was stopped) registers again.
 INSERT INTO skiplock.workers AS w (id, hostname, pid, queues, concurrency, heartbeat_at)
 VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s, coalesce(%(now)s, now()))
 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at;
@@ -58,7 +62,7 @@ UPDATE skiplock.workers SET lock_taken_at = NULL WHERE id = %(id)s;
 -- (pg_try_advisory_xact_lock) until it commits, so the worker cannot take it back halfway and
 -- two rescuers never take the same worker; its row is removed, so it is rescued once and no
 -- longer listed as live (a worker that only lost its connection registers again as it takes
--- its lock back: register_worker, take_worker_lock).
+-- its lock back: touch_worker, take_worker_lock).
 -- Workers whose key is held (alive, or colliding with another worker's key) are left to their
 -- leases. With no dead worker, the jobs are not read at all (one-time filter).
 WITH dead AS MATERIALIZED (

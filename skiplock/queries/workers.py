@@ -30,13 +30,12 @@ class Registration:
 
 
 async def register_worker(conn: AsyncConn, worker: Registration) -> None:
-    await execute(conn, "register_worker", {**worker.params(), "now": None})
+    await execute(conn, "register_worker", worker.params())
 
 
 def touch_worker(conn: psycopg.Connection[Any], worker: Registration, now: datetime | None = None) -> None:
-    """The heartbeat's register_worker (the same row, registered again if it is gone).
-    Blocking: the heartbeat runs it on its own thread."""
-    conn.execute(q("register_worker"), {**worker.params(), "now": now})
+    """Blocking: the heartbeat runs it on its own thread."""
+    conn.execute(q("touch_worker"), {**worker.params(), "now": now})
 
 
 async def unregister_worker(conn: AsyncConn, worker_id: str) -> None:
